@@ -272,7 +272,10 @@ def select_series(series: Sequence[SeriesInfo], rules: dict[str, Any] | None = N
     accepted, rejected = [], []
     for candidate in series:
         reasons = _rejection_reasons(candidate, rules, pattern)
-        (rejected.append((candidate, reasons)) if reasons else accepted.append(candidate))
+        if reasons:
+            rejected.append((candidate, reasons))
+        else:
+            accepted.append(candidate)
     if not accepted:
         folder = os.path.commonpath([str(s.folder) for s in series])
         details = "; ".join(f"{s.label()}: {', '.join(why)}" for s, why in rejected)
@@ -327,8 +330,10 @@ def read_dicom_series(
 
     slices = [_read_slice(path, float(config["air_value"])) for path in series.files]
     if len(slices) < 2:
-        raise InputReadError(series.folder, f"series {series.label()} has {len(slices)} image; a volume needs at least 2")
-    _check_consistent(slices, series)
+        raise InputReadError(
+            series.folder, f"series {series.label()} has {len(slices)} image; a volume needs at least 2"
+        )
+    _check_consistent(slices)
     findings: list[str] = []
     image, geometry = _assemble_volume(slices, series, config, findings)
 
@@ -601,17 +606,19 @@ def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     return (stored >= low) & (stored <= high)
 
 
-def _check_consistent(slices: list[_Slice], series: SeriesInfo) -> None:
-    shapes = Counter(s.hu.shape for s in slices)
-    usual_shape = shapes.most_common(1)[0][0]
+def _check_consistent(slices: list[_Slice]) -> None:
+    usual_shape = Counter(s.hu.shape for s in slices).most_common(1)[0][0]
+    usual_size = f"{usual_shape[1]}x{usual_shape[0]}"
     for s in slices:
         if s.hu.shape != usual_shape:
             raise InputReadError(
-                s.path, f"slice size {s.hu.shape[1]}x{s.hu.shape[0]} differs from the series' {usual_shape[1]}x{usual_shape[0]}"
+                s.path, f"slice size {s.hu.shape[1]}x{s.hu.shape[0]} differs from the series' {usual_size}"
             )
         if not np.allclose(s.pixel_spacing, slices[0].pixel_spacing, atol=1e-4):
             raise InputReadError(
-                s.path, f"PixelSpacing {s.pixel_spacing.tolist()} differs from {slices[0].pixel_spacing.tolist()} in {slices[0].path}"
+                s.path,
+                f"PixelSpacing {s.pixel_spacing.tolist()} differs from {slices[0].pixel_spacing.tolist()} "
+                f"in {slices[0].path}",
             )
         if not np.allclose(s.orientation, slices[0].orientation, atol=1e-4):
             raise GeometryError(
@@ -675,7 +682,7 @@ def _assemble_volume(
         if tilt_from_positions > config["tilt_tolerance_deg"]:
             findings.append(f"{message}; resampled onto an orthogonal grid")
         else:
-            findings.append(f"{message}; the slice positions follow the slice normal, so the stack is already orthogonal")
+            findings.append(f"{message}; the slice positions follow the slice normal: the stack is already orthogonal")
 
     volume = np.stack([s.hu for s in slices])
     resampled_spacing = bool(n_missing or irregular)

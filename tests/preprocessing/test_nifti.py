@@ -60,7 +60,8 @@ def test_parse_mr_filename(name, expected):
     "name", ["IXI002-Guys-0828.nii.gz", "IXI002-Guys-0828-T3.nii.gz", "demo001-T1.mha", "-T1.nii.gz", "T1.nii.gz"]
 )
 def test_parse_mr_filename_rejects_other_names(name):
-    with pytest.raises(InputReadError, match=r"does not follow '<subject>-<modality>.nii.gz'.*T1, T2, PD, MRA, DTI") as exc:
+    expected = r"does not follow '<subject>-<modality>.nii.gz'.*T1, T2, PD, MRA, DTI"
+    with pytest.raises(InputReadError, match=expected) as exc:
         parse_mr_filename(name)
     assert exc.value.path == name
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from preprocessing.demo.grid import Grid
+from preprocessing.demo.grid import Grid, upsample_linear
 
 # Tissue labels of ``truth/<subject>/labels.nii.gz``.
 AIR, SOFT_TISSUE, FAT, CORTICAL_BONE, CSF, GREY_MATTER, WHITE_MATTER, VENTRICLE, DIPLOE = range(9)
@@ -101,17 +101,8 @@ def smooth_random_field(shape, spacing, correlation_mm: float, rng: np.random.Ge
     coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), sigma=2.0, mode="wrap")
     coarse -= coarse.mean()
     coarse /= coarse.std() + 1e-12
-    index = [np.arange(s, dtype=np.float32) / st + 1.0 for s, st in zip(shape, step)]
-    # Separable linear interpolation; map_coordinates on the full grid would cost 8 taps a voxel for every field.
-    field = coarse
-    for axis, positions in enumerate(index):
-        lower = np.floor(positions).astype(int)
-        weight = (positions - lower).astype(np.float32)
-        shape_w = [1] * 3
-        shape_w[axis] = -1
-        weight = weight.reshape(shape_w)
-        field = np.take(field, lower, axis=axis) * (1 - weight) + np.take(field, lower + 1, axis=axis) * weight
-    return field.astype(np.float32)
+    positions = [np.arange(s, dtype=np.float32) / st + 1.0 for s, st in zip(shape, step)]
+    return upsample_linear(coarse, positions)
 
 
 def _ellipsoid_depth(offset: np.ndarray, semi_axes, scale: np.ndarray | float = 1.0) -> np.ndarray:

@@ -90,6 +90,33 @@ class Grid:
         return self.index_to_world(index).astype(np.float32)
 
 
+def upsample_linear(coarse: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
+    """Separable linear interpolation of a coarse array at fractional indices given per axis.
+
+    For smooth fields sampled on a regular lattice this is what ``map_coordinates(order=1)`` would
+    give, at a fraction of the cost: two gathers per axis instead of eight per output voxel.
+
+    Args:
+        coarse: array with one axis per entry of ``positions`` (leading extra axes are kept).
+        positions: for each of the last ``len(positions)`` axes, fractional indices into ``coarse``.
+
+    Returns:
+        Array of shape ``coarse.shape[:-n] + tuple(len(p) for p in positions)``.
+    """
+    out = coarse
+    n_lead = coarse.ndim - len(positions)
+    for offset, where in enumerate(positions):
+        axis = n_lead + offset
+        where = np.clip(np.asarray(where, dtype=np.float32), 0, coarse.shape[axis] - 1)
+        lower = np.minimum(np.floor(where).astype(int), coarse.shape[axis] - 2) if coarse.shape[axis] > 1 else np.zeros(len(where), int)
+        upper = np.minimum(lower + 1, coarse.shape[axis] - 1)
+        weight_shape = [1] * out.ndim
+        weight_shape[axis] = -1
+        weight = (where - lower).astype(np.float32).reshape(weight_shape)
+        out = np.take(out, lower, axis=axis) * (1 - weight) + np.take(out, upper, axis=axis) * weight
+    return out.astype(np.float32)
+
+
 def sample_world(volume: np.ndarray, grid: Grid, world: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
     """Sample ``volume`` (laid out on ``grid``) at LPS points ``(N, 3)``.
 

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from preprocessing.demo.grid import Grid, sample_world
+from preprocessing.demo.grid import Grid, upsample_linear
 
 #: The warp lattice spans this cube (LPS mm) around the isocentre, with nodes every LATTICE_STEP mm.
 LATTICE_HALF_WIDTH = 150.0
@@ -113,8 +113,29 @@ class Pose:
                    np.asarray(data["warp_lattice"]["displacement_mm"]))
 
 
+def raw_to_truth_index(pose: Pose, raw_grid: Grid, truth_grid: Grid, ks: slice, displacement: np.ndarray,
+                       lattice_step: int) -> list[np.ndarray]:
+    """Truth-grid (fractional) indices of the raw voxels of slices ``ks``.
+
+    The affine part is composed into one index-to-index matrix and evaluated by broadcasting; the
+    warp, smooth over tens of millimetres, is interpolated from its values on a lattice of raw
+    voxels every ``lattice_step`` voxels (``displacement``, already in truth-index units).
+    """
+    raw_affine = raw_grid.affine
+    truth_inverse = np.linalg.inv(truth_grid.affine)
+    linear = truth_inverse[:3, :3] @ pose.matrix @ raw_affine[:3, :3]
+    shift = truth_inverse[:3, :3] @ (pose.matrix @ raw_affine[:3, 3] + pose.offset) + truth_inverse[:3, 3]
+    i = np.arange(raw_grid.shape[0], dtype=np.float32)[:, None, None]
+    j = np.arange(raw_grid.shape[1], dtype=np.float32)[None, :, None]
+    k = np.arange(raw_grid.shape[2], dtype=np.float32)[ks][None, None, :]
+    warp = upsample_linear(displacement, [np.arange(raw_grid.shape[0]) / lattice_step,
+                                          np.arange(raw_grid.shape[1]) / lattice_step,
+                                          np.arange(raw_grid.shape[2])[ks] / lattice_step])
+    return [linear[r, 0] * i + linear[r, 1] * j + linear[r, 2] * k + np.float32(shift[r]) + warp[r] for r in range(3)]
+
+
 def render_in_raw(truth_volume: np.ndarray, truth_grid: Grid, pose: Pose, raw_grid: Grid, order: int = 1,
-                  cval: float = 0.0, chunk_slices: int = 8) -> np.ndarray:
+                  cval: float = 0.0, chunk_slices: int = 16, lattice_step: int = 4) -> np.ndarray:
     """Resample a truth-space volume into a scanner grid through ``pose``.
 
     Args:
@@ -125,14 +146,20 @@ def render_in_raw(truth_volume: np.ndarray, truth_grid: Grid, pose: Pose, raw_gr
         order: 0 for labels, 1 for images.
         cval: value outside the truth grid (air).
         chunk_slices: raw slices processed at once (bounds memory for 512² CT).
+        lattice_step: raw voxels between the points where the warp is evaluated exactly.
 
     Returns:
         Array of ``raw_grid.shape`` (float32, or the input dtype for ``order == 0``).
     """
+    lattice = [np.arange(0, s + lattice_step, lattice_step, dtype=float) for s in raw_grid.shape]
+    lattice_index = np.stack(np.meshgrid(*lattice, indexing="ij"), axis=-1).reshape(-1, 3)
+    displacement_mm = pose.displacement(raw_grid.index_to_world(lattice_index))
+    displacement = (displacement_mm @ np.linalg.inv(truth_grid.affine)[:3, :3].T).T.reshape(
+        (3,) + tuple(len(a) for a in lattice)).astype(np.float32)
     out = np.empty(raw_grid.shape, dtype=truth_volume.dtype if order == 0 else np.float32)
     for start in range(0, raw_grid.shape[2], chunk_slices):
         ks = slice(start, min(start + chunk_slices, raw_grid.shape[2]))
-        truth_points = pose.raw_to_truth(raw_grid.world_points(ks))
-        values = sample_world(truth_volume, truth_grid, truth_points, order=order, cval=cval)
-        out[:, :, ks] = values.reshape(raw_grid.shape[0], raw_grid.shape[1], -1)
+        index = raw_to_truth_index(pose, raw_grid, truth_grid, ks, displacement, lattice_step)
+        out[:, :, ks] = ndimage.map_coordinates(truth_volume, index, order=order, mode="constant", cval=cval,
+                                                prefilter=False)
     return out

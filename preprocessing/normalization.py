@@ -323,13 +323,25 @@ class PercentileNormalize(Transform):
 
 
 class _MaskedMapTransform(MapTransform):
-    """Shared key handling: each image key pairs with a mask key (default ``<key>_head_mask``)."""
+    """Shared key handling: each image key pairs with a mask key (default ``<key>_head_mask``);
+    ``self.transform(image, mask)`` is applied, with ``mask=None`` when ``use_mask`` is false."""
 
-    def __init__(self, keys: KeysCollection, mask_keys: KeysCollection | None, allow_missing_keys: bool):
+    transform: Transform
+
+    def __init__(self, keys: KeysCollection, mask_keys: KeysCollection | None, allow_missing_keys: bool, use_mask: bool = True):
         super().__init__(keys, allow_missing_keys)
+        self.use_mask = use_mask
         self.mask_keys = (
             tuple(f"{key}_head_mask" for key in self.keys) if mask_keys is None else ensure_tuple_rep(mask_keys, len(self.keys))
         )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key, mask_key in self.key_iterator(d, self.mask_keys):
+            if self.use_mask and mask_key not in d:
+                raise KeyError(f"{type(self).__name__}: mask key {mask_key!r} for image {key!r} is missing")
+            d[key] = self.transform(d[key], d[mask_key] if self.use_mask else None)
+        return d
 
 
 class MRHeadMaskd(_MaskedMapTransform):
@@ -382,14 +394,6 @@ class ZScoreNormalized(_MaskedMapTransform):
         super().__init__(keys, mask_keys, allow_missing_keys)
         self.transform = ZScoreNormalize(outside_value)
 
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key, mask_key in self.key_iterator(d, self.mask_keys):
-            if mask_key not in d:
-                raise KeyError(f"ZScoreNormalized: mask key {mask_key!r} for image {key!r} is missing")
-            d[key] = self.transform(d[key], d[mask_key])
-        return d
-
 
 class PercentileNormalized(_MaskedMapTransform):
     """Dictionary twin of :class:`PercentileNormalize`.
@@ -411,12 +415,5 @@ class PercentileNormalized(_MaskedMapTransform):
         outside_value: float | None = None,
         allow_missing_keys: bool = False,
     ):
-        super().__init__(keys, mask_keys, allow_missing_keys)
-        self.use_mask = mask_keys is not None
+        super().__init__(keys, mask_keys, allow_missing_keys, use_mask=mask_keys is not None)
         self.transform = PercentileNormalize(lower, upper, out_range, outside_value)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key, mask_key in self.key_iterator(d, self.mask_keys):
-            d[key] = self.transform(d[key], d[mask_key] if self.use_mask else None)
-        return d

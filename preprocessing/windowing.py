@@ -303,7 +303,19 @@ class InverseCTWindow(Transform):
         return windows_to_hu(img, self.windows, self.in_range)
 
 
-class CTWindowd(InvertibleTransform, MapTransform):
+class _KeyWiseMapTransform(MapTransform):
+    """Applies ``self.transform`` to every selected key."""
+
+    transform: Transform
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
+class CTWindowd(InvertibleTransform, _KeyWiseMapTransform):
     """Dictionary twin of :class:`CTWindow` (invertible with ``monai.transforms.Invertd``).
 
     Args:
@@ -325,12 +337,6 @@ class CTWindowd(InvertibleTransform, MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.transform = CTWindow(windows, out_range)
 
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
-
     def inverse(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -338,7 +344,7 @@ class CTWindowd(InvertibleTransform, MapTransform):
         return d
 
 
-class InverseCTWindowd(MapTransform):
+class InverseCTWindowd(_KeyWiseMapTransform):
     """Dictionary twin of :class:`InverseCTWindow`."""
 
     backend = CTWindow.backend
@@ -352,9 +358,3 @@ class InverseCTWindowd(MapTransform):
     ):
         super().__init__(keys, allow_missing_keys)
         self.transform = InverseCTWindow(windows, in_range)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d

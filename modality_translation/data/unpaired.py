@@ -1,0 +1,273 @@
+"""Datasets of slice pairs for translation GANs: unpaired (CycleGAN, UNIT) and paired (pix2pix, validation).
+
+:class:`UnpairedDataset` follows the reference CycleGAN ``UnalignedDataset``: its length is the
+larger of the two domains, sample ``i`` takes slice ``i mod len(A)`` of domain A and a slice of
+domain B drawn uniformly at random, and each domain is augmented independently.
+:class:`PairedDataset` yields the two slices of the same subject and position, augmented with the
+same crop and flip.
+
+Every random choice (the B slice, the crop, the flip) is a function of ``(seed, epoch, index)``
+only: the dataset holds no random state that advances. The trainer sets the epoch at the start of
+each epoch (:meth:`EpochSeededDataset.set_epoch`; the epoch lives in shared memory, so data-loader
+workers, persistent ones included, see it), so a run gives the same samples whatever the number of
+workers, and a training resumed from a checkpoint at epoch ``e`` draws exactly what the
+uninterrupted one drew; the shuffling order comes from the global torch generator, whose state the
+checkpoint restores.
+
+The loading and the deterministic transforms are cached by :class:`monai.data.CacheDataset`; the
+random transforms run per sample, re-seeded from the sample's seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose
+
+from modality_translation.data.datalist import (
+    DatalistError,
+    flatten_slices,
+    load_translation_datalist,
+    pair_slices,
+    slices_key,
+)
+from modality_translation.data.transforms import (
+    CYCLEGAN_JITTER_SCALE,
+    translation_eval_transforms,
+    translation_train_transforms,
+)
+
+Items = Sequence[dict[str, Any]]
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Base of the datasets whose random draws depend only on ``(seed, epoch, index)``.
+
+    Args:
+        seed: base seed of all draws.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        # Shared memory: a change made in the main process reaches data-loader worker processes.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose samples are drawn."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the samples of ``epoch`` from now on (called by the trainer when an epoch starts)."""
+        self._epoch.fill_(int(epoch))
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        """The random generator of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+def fetch_seeded(dataset: Dataset, index: int, seed: int) -> Any:
+    """``dataset[index]`` with the random transforms of ``dataset.transform`` seeded by ``seed``."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=int(seed))
+    return dataset[int(index)]
+
+
+def _seeds(rng: np.random.Generator, count: int) -> list[int]:
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]
+
+
+class UnpairedDataset(EpochSeededDataset):
+    """``{"A": sample of domain A, "B": random sample of domain B}``, the length of the larger domain.
+
+    Args:
+        dataset_a: domain A samples (a MONAI dataset whose items are dicts holding ``image_key``).
+        dataset_b: domain B samples.
+        seed: base seed of the B draws and of the augmentations.
+        image_key: key of the image in the items of ``dataset_a`` and ``dataset_b``.
+        keys: output keys of the A and B images.
+
+    Raises:
+        ValueError: if a domain is empty.
+    """
+
+    def __init__(
+        self,
+        dataset_a: Dataset,
+        dataset_b: Dataset,
+        seed: int = 0,
+        image_key: str = "image",
+        keys: tuple[str, str] = ("A", "B"),
+    ) -> None:
+        super().__init__(seed)
+        if len(dataset_a) == 0 or len(dataset_b) == 0:
+            raise ValueError(f"both domains need samples, got {len(dataset_a)} (A) and {len(dataset_b)} (B)")
+        self.dataset_a = dataset_a
+        self.dataset_b = dataset_b
+        self.image_key = image_key
+        self.keys = tuple(keys)
+
+    def __len__(self) -> int:
+        return max(len(self.dataset_a), len(self.dataset_b))
+
+    def sample_indices(self, index: int) -> tuple[int, int]:
+        """Indices of the A and B samples that make sample ``index`` of the current epoch."""
+        return self._draw(index)[:2]
+
+    def _draw(self, index: int) -> tuple[int, int, int, int]:
+        rng = self.sample_rng(index)
+        b_index = int(rng.integers(len(self.dataset_b)))
+        seed_a, seed_b = _seeds(rng, 2)
+        return index % len(self.dataset_a), b_index, seed_a, seed_b
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        a_index, b_index, seed_a, seed_b = self._draw(index)
+        return {
+            self.keys[0]: fetch_seeded(self.dataset_a, a_index, seed_a)[self.image_key],
+            self.keys[1]: fetch_seeded(self.dataset_b, b_index, seed_b)[self.image_key],
+        }
+
+
+class PairedDataset(EpochSeededDataset):
+    """Items of a MONAI dataset of paired records, with augmentations seeded by ``(seed, epoch, index)``.
+
+    Args:
+        dataset: a MONAI dataset whose transform treats both keys of a pair together.
+        seed: base seed of the augmentations.
+        keys: keys kept in the output (``None``: the whole item).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, keys: Sequence[str] | None = ("A", "B")) -> None:
+        super().__init__(seed)
+        self.dataset = dataset
+        self.keys = None if keys is None else tuple(keys)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        item = fetch_seeded(self.dataset, index, _seeds(self.sample_rng(index), 1)[0])
+        return item if self.keys is None else {key: item[key] for key in self.keys}
+
+
+def _cached(data: list[dict[str, Any]], transform: Callable, cache_rate: float, num_workers: int | None) -> Dataset:
+    if cache_rate <= 0:
+        return Dataset(data, transform=transform)
+    return CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+
+
+def _items(datalist: str | os.PathLike | Items, split: str, modalities: Sequence[str], slice_channels: int) -> Items:
+    if isinstance(datalist, (str, os.PathLike)):
+        return load_translation_datalist(datalist, split, modalities=modalities, slice_channels=slice_channels)
+    return datalist
+
+
+def unpaired_slice_dataset(
+    datalist: str | os.PathLike | Items,
+    source: str,
+    target: str,
+    split: str = "training",
+    train: bool = True,
+    crop_size: Sequence[int] = (256, 256),
+    jitter_scale: float = CYCLEGAN_JITTER_SCALE,
+    flip_prob: float = 0.5,
+    flip_axis: int | Sequence[int] | None = 1,
+    slice_channels: int = 1,
+    seed: int = 0,
+    cache_rate: float = 1.0,
+    num_workers: int | None = 1,
+) -> UnpairedDataset:
+    """The CycleGAN training set of a datalist: all slices of ``source`` against all slices of ``target``.
+
+    Args:
+        datalist: the ``dataset.json`` path (checked with :func:`load_translation_datalist`) or its items.
+        source: modality of domain A (``"t1"``, ``"ct"``, ...).
+        target: modality of domain B.
+        split: datalist split.
+        train: random jitter and flip (:func:`translation_train_transforms`) or the deterministic twin.
+        crop_size: training size (H, W).
+        jitter_scale: resize factor before the random crop.
+        flip_prob: probability of a flip.
+        flip_axis: spatial axis flipped.
+        slice_channels: channels per slice (1 for 2D).
+        seed: base seed of the B draws and the augmentations.
+        cache_rate: fraction of the slices whose loading is cached in memory (0: no cache).
+        num_workers: threads filling the cache.
+
+    Returns:
+        An :class:`UnpairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
+    """
+    items = _items(datalist, split, (source, target), slice_channels)
+
+    def transform() -> Compose:
+        if train:
+            return translation_train_transforms("image", crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
+        return translation_eval_transforms("image", crop_size, slice_channels)
+
+    # One transform object per domain: each is re-seeded independently per sample.
+    domains = [_cached(flatten_slices(items, modality), transform(), cache_rate, num_workers) for modality in (source, target)]
+    return UnpairedDataset(domains[0], domains[1], seed=seed)
+
+
+def paired_slice_dataset(
+    datalist: str | os.PathLike | Items,
+    source: str,
+    target: str,
+    split: str = "validation",
+    target_key: str | None = None,
+    train: bool = False,
+    crop_size: Sequence[int] = (256, 256),
+    jitter_scale: float = CYCLEGAN_JITTER_SCALE,
+    flip_prob: float = 0.5,
+    flip_axis: int | Sequence[int] | None = 1,
+    slice_channels: int = 1,
+    seed: int = 0,
+    cache_rate: float = 1.0,
+    num_workers: int | None = 1,
+) -> PairedDataset:
+    """Paired slices of one split: pix2pix training (``train=True``) or validation against a paired truth.
+
+    Args:
+        datalist: the ``dataset.json`` path or its items.
+        source: modality of the input (domain A).
+        target: modality of the paired target (domain B).
+        split: datalist split.
+        target_key: item key of the target slices (default ``"<target>_slices"``; e.g.
+            ``"truth_t2_in_t1_slices"`` for a demo cohort's ground truth).
+        train: same random jitter and flip on both images, or the deterministic twin.
+        crop_size, jitter_scale, flip_prob, flip_axis, slice_channels: as :func:`unpaired_slice_dataset`.
+        seed: base seed of the augmentations.
+        cache_rate: fraction of the pairs cached in memory.
+        num_workers: threads filling the cache.
+
+    Returns:
+        A :class:`PairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
+
+    Raises:
+        DatalistError: from the datalist checks, or if the two slice lists of a subject differ in length.
+    """
+    # The target's own slices are checked with the source's; another key (a truth) is checked below.
+    items = _items(datalist, split, (source,) if target_key else (source, target), slice_channels)
+    target_key = target_key or slices_key(target)
+    keys = ("A", "B")
+    if train:
+        transform = translation_train_transforms(keys, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
+    else:
+        transform = translation_eval_transforms(keys, crop_size, slice_channels)
+    records = pair_slices(items, slices_key(source), target_key, names=keys)
+    for record in records:
+        if not os.path.isfile(record["B"]):
+            raise DatalistError(record["B"], f"{target_key} file of subject {record['subject']!r} does not exist")
+    return PairedDataset(_cached(records, transform, cache_rate, num_workers), seed=seed, keys=keys)

@@ -1,0 +1,62 @@
+"""Training and validation engines of the translation GANs, on MONAI / Ignite.
+
+Bundle configs build them with ``_target_`` (e.g. ``"modality_translation.engines.CycleGANTrainer"``)
+and attach MONAI handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``LrScheduleHandler``,
+``ValidationHandler``) unchanged, plus this package's checkpoint and image-grid handlers.
+"""
+
+from modality_translation.engines.checkpoint import (
+    AtomicDiskSaver,
+    GlobalRNGState,
+    TrainingCheckpointLoader,
+    TrainingCheckpointSaver,
+    checkpoint_path,
+    latest_checkpoint,
+    training_objects,
+)
+from modality_translation.engines.cyclegan_trainer import (
+    IMAGE_KEYS,
+    LOSS_KEYS,
+    CycleGANTrainer,
+    UnpairedBatch,
+    has_batch_norm,
+    losses_from_output,
+    resolve_amp_dtype,
+)
+from modality_translation.engines.evaluator import UNIT_RANGE_SPAN, TranslationEvaluator, translation_metrics
+from modality_translation.engines.image_grid import (
+    DEFAULT_ROWS,
+    TranslationGridHandler,
+    save_grid_png,
+    translation_grid,
+)
+from modality_translation.engines.image_pool import ImagePool
+from modality_translation.engines.schedules import LinearDecay, adam_optimizer, linear_decay_scheduler
+
+__all__ = [
+    "AtomicDiskSaver",
+    "CycleGANTrainer",
+    "DEFAULT_ROWS",
+    "GlobalRNGState",
+    "IMAGE_KEYS",
+    "ImagePool",
+    "LOSS_KEYS",
+    "LinearDecay",
+    "TrainingCheckpointLoader",
+    "TrainingCheckpointSaver",
+    "TranslationEvaluator",
+    "TranslationGridHandler",
+    "UNIT_RANGE_SPAN",
+    "UnpairedBatch",
+    "adam_optimizer",
+    "checkpoint_path",
+    "has_batch_norm",
+    "latest_checkpoint",
+    "linear_decay_scheduler",
+    "losses_from_output",
+    "resolve_amp_dtype",
+    "save_grid_png",
+    "training_objects",
+    "translation_grid",
+    "translation_metrics",
+]

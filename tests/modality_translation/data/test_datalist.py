@@ -1,0 +1,124 @@
+import os
+
+import pytest
+
+from modality_translation.data import (
+    DatalistError,
+    ModalityMismatchError,
+    flatten_slices,
+    load_translation_datalist,
+    modality_named_in,
+    pair_slices,
+)
+from preprocessing.errors import PreprocessingError
+from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
+
+
+def test_items_have_absolute_paths_and_untouched_subjects(tmp_path):
+    path = write_cohort(tmp_path)
+    items = load_translation_datalist(path, "training", modalities=("t1", "t2"))
+    assert [item["subject"] for item in items] == ["sub-001", "sub-002"]  # a folder of that name exists
+    first = items[0]["t1_slices"][0]
+    assert os.path.isabs(first) and os.path.isfile(first)
+    assert first == str(tmp_path / "sub-001/slices/t1/sub-001_axial_0000.nii.gz")
+    assert items[0]["t2"] == str(tmp_path / "sub-001/t2.nii.gz")  # resolved even though the volume is absent here
+
+
+def test_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(DatalistError, match="datalist file does not exist") as error:
+        load_translation_datalist(tmp_path / "dataset.json")
+    assert error.value.path == str(tmp_path / "dataset.json")
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DatalistError, match="cannot read the datalist as JSON"):
+        load_translation_datalist(tmp_path / "dataset.json")
+
+
+def test_missing_and_empty_split(tmp_path):
+    path = write_cohort(tmp_path, splits={"training": ["sub-001"], "test": []})
+    with pytest.raises(DatalistError, match=r"has no 'validation' split \(it has: training, test\)"):
+        load_translation_datalist(path, "validation")
+    with pytest.raises(DatalistError, match="split 'test' is empty"):
+        load_translation_datalist(path, "test")
+
+
+def test_item_without_requested_modality(tmp_path):
+    path = write_cohort(tmp_path)
+    edit_datalist(path, lambda c: c["training"][1].pop("t2_slices"))
+    with pytest.raises(DatalistError, match="subject 'sub-002' in split 'training' has no 't2_slices'"):
+        load_translation_datalist(path, "training", modalities=("t1", "t2"))
+    # Requesting only t1 is fine.
+    assert len(load_translation_datalist(path, "training", modalities=("t1",))) == 2
+
+
+def test_item_without_subject(tmp_path):
+    path = write_cohort(tmp_path)
+    edit_datalist(path, lambda c: c["training"][0].pop("subject"))
+    with pytest.raises(DatalistError, match="item 0 of split 'training' has no 'subject'"):
+        load_translation_datalist(path, "training", modalities=("t1",))
+
+
+def test_missing_slice_file_named(tmp_path):
+    path = write_cohort(tmp_path)
+    missing = tmp_path / "sub-002/slices/t2/sub-002_axial_0001.nii.gz"
+    missing.unlink()
+    with pytest.raises(DatalistError) as error:
+        load_translation_datalist(path, "training", modalities=("t1", "t2"))
+    assert error.value.path == str(missing)
+    assert "t2 slice file of subject 'sub-002' does not exist" in str(error.value)
+    assert isinstance(error.value, PreprocessingError)
+
+
+def test_file_of_another_modality_refused(tmp_path):
+    path = write_cohort(tmp_path)
+
+    def swap(content):
+        content["training"][0]["t1_slices"][1] = content["training"][0]["t2_slices"][1]
+
+    edit_datalist(path, swap)
+    with pytest.raises(ModalityMismatchError, match="named as a T2 image but is used as T1") as error:
+        load_translation_datalist(path, "training", modalities=("t1", "t2"))
+    assert error.value.path.endswith("sub-001/slices/t2/sub-001_axial_0001.nii.gz")
+
+
+def test_undeclared_modality(tmp_path):
+    path = write_cohort(tmp_path, declared=["t1", "t2"])
+    with pytest.raises(DatalistError, match=r"modalities \['ct'\] are not among the datalist's modalities"):
+        load_translation_datalist(path, "training", modalities=("t1", "ct"))
+
+
+def test_slice_shape_and_channels_checked(tmp_path):
+    path = write_cohort(tmp_path, channels=3)
+    assert load_translation_datalist(path, "training", modalities=("t1",), slice_channels=3)
+    with pytest.raises(DatalistError, match="has 3 channel\\(s\\), expected 1"):
+        load_translation_datalist(path, "training", modalities=("t1",), slice_channels=1)
+    volume = tmp_path / "sub-001/slices/t1/sub-001_axial_0000.nii.gz"
+    save_nifti(volume, slice_array(0, 0, 0)[..., None, None].repeat(2, axis=2).repeat(2, axis=3))
+    with pytest.raises(DatalistError, match=r"expected \(H, W\) or \(H, W, channels\)"):
+        load_translation_datalist(path, "training", modalities=("t1",))
+
+
+def test_unreadable_slice(tmp_path):
+    path = write_cohort(tmp_path)
+    (tmp_path / "sub-001/slices/t1/sub-001_axial_0000.nii.gz").write_bytes(b"truncated")
+    with pytest.raises(PreprocessingError, match="cannot read the t1 slice of subject 'sub-001'"):
+        load_translation_datalist(path, "training", modalities=("t1",))
+
+
+def test_modality_names_in_file_names():
+    assert modality_named_in("IXI002-Guys-0828-T1.nii.gz") == {"t1"}
+    assert modality_named_in("sub-01_T2w.nii.gz") == {"t2"}
+    assert modality_named_in("truth_t2_in_t1.nii.gz") == {"t1", "t2"}
+    assert modality_named_in("ct/slice_0001.nii.gz") == {"ct"}
+    assert modality_named_in("octopus_t12.nii.gz") == set()
+
+
+def test_flatten_and_pair(tmp_path):
+    path = write_cohort(tmp_path, slices={"t1": 3, "t2": 2})
+    items = load_translation_datalist(path, "training", modalities=("t1", "t2"))
+    records = flatten_slices(items, "t2")
+    assert len(records) == 4
+    assert records[1] == {"image": items[0]["t2_slices"][1], "subject": "sub-001", "modality": "t2", "slice": 1}
+    with pytest.raises(DatalistError, match="'t1_slices' has 3 slices but 't2_slices' has 2"):
+        pair_slices(items, "t1_slices", "t2_slices")
+    paired = pair_slices(items, "t1_slices", "t1_slices")
+    assert len(paired) == 6 and paired[0]["A"] == paired[0]["B"]

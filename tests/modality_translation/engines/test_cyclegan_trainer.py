@@ -1,0 +1,234 @@
+import logging
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.handlers import StatsHandler, TensorBoardStatsHandler, from_engine
+from torch import nn
+from torch.utils.data import DataLoader
+
+from modality_translation.engines import IMAGE_KEYS, CycleGANTrainer, adam_optimizer, losses_from_output
+from modality_translation.losses import CycleConsistencyLoss
+from tests.modality_translation.engines.toy import (
+    blob_images,
+    make_trainer,
+    tiny_discriminator,
+    tiny_generator,
+    unpaired_loader,
+)
+
+
+def translation_error(generator, images):
+    """Mean |G_AB(A) - (-A)|: the toy mapping's error."""
+    with torch.no_grad():
+        return (generator(images) + images).abs().mean().item()
+
+
+def count_steps(optimizer):
+    counter = {"steps": 0}
+    original = optimizer.step
+
+    def step(*args, **kwargs):
+        counter["steps"] += 1
+        return original(*args, **kwargs)
+
+    optimizer.step = step
+    return counter
+
+
+def test_learns_the_toy_mapping():
+    trainer = make_trainer(max_epochs=10, loader=unpaired_loader(count=32), lambda_identity=0.0)
+    held_out = blob_images(8, seed=3)
+    before = translation_error(trainer.g_ab, held_out)
+    cycle_losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: cycle_losses.append(e.state.output[0]["loss_cycle"]))
+    trainer.run()
+    after = translation_error(trainer.g_ab, held_out)
+    assert trainer.state.iteration == 80
+    assert after < 0.4 * before, (before, after)
+    assert sum(cycle_losses[-8:]) < 0.5 * sum(cycle_losses[:8])
+
+
+@pytest.mark.parametrize("k, expected_d_steps", [(1, 10), (4, 3), (3, 4)])
+def test_generator_discriminator_update_ratio(k, expected_d_steps):
+    trainer = make_trainer(max_epochs=5, loader=unpaired_loader(count=8), generator_steps_per_discriminator_step=k)
+    g_steps, d_steps = count_steps(trainer.g_optimizer), count_steps(trainer.d_optimizer)
+    flags = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: flags.append(e.state.output[0]["d_updated"]))
+    trainer.run()
+    assert trainer.state.iteration == 10
+    assert g_steps["steps"] == 10
+    assert d_steps["steps"] == expected_d_steps
+    assert flags == [1.0 if i % k == 0 else 0.0 for i in range(10)]
+
+
+def test_discriminators_untouched_by_the_generator_step():
+    trainer = make_trainer(max_epochs=1, loader=unpaired_loader(count=12), generator_steps_per_discriminator_step=3)
+    snapshots = []
+
+    def snapshot(engine):
+        parameters = list(engine.d_a.parameters()) + list(engine.d_b.parameters())
+        weights = torch.cat([p.detach().flatten() for p in parameters])
+        grads = torch.cat([p.grad.flatten() for p in parameters])
+        snapshots.append((weights, grads, all(p.requires_grad for p in parameters)))
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, snapshot)
+    trainer.run()
+    (w1, g1, _), (w2, g2, _), (w3, g3, _) = snapshots
+    # Iteration 1 updates D; the generator steps of iterations 2 and 3 neither step D nor add to its
+    # gradients (its parameters do not require grad during them).
+    assert torch.equal(w1, w2) and torch.equal(w2, w3)
+    assert torch.equal(g1, g2) and torch.equal(g2, g3)
+    assert all(s[2] for s in snapshots), "discriminator parameters must require grad again after the G step"
+
+
+def test_output_holds_losses_as_floats_and_detached_images():
+    trainer = make_trainer(max_epochs=1, loader=unpaired_loader(count=4, batch_size=2), decollate=False)
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))
+    trainer.run()
+    output = outputs[-1]
+    for key in ("loss", "loss_G", "loss_D", "loss_D_A", "loss_D_B", "loss_cycle", "loss_identity", "loss_adv_AB", "loss_adv_BA"):
+        assert isinstance(output[key], float), key
+    assert output["loss"] == output["loss_G"]
+    assert output["loss_D"] == pytest.approx(output["loss_D_A"] + output["loss_D_B"])
+    assert output["loss_cycle"] == pytest.approx(output["loss_cycle_A"] + output["loss_cycle_B"])
+    total = output["loss_adv_AB"] + output["loss_adv_BA"] + 10.0 * output["loss_cycle"] + 5.0 * output["loss_identity"]
+    assert output["loss_G"] == pytest.approx(total, rel=1e-5)
+    for key in IMAGE_KEYS:
+        assert output[key].shape == (2, 1, 32, 32), key
+        assert not output[key].requires_grad
+        assert output[key].dtype == torch.float32
+    assert torch.all(output["fake_B"].abs() <= 1.0)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_decollated_output_works_with_monai_handlers(tmp_path):
+    trainer = make_trainer(max_epochs=1, loader=unpaired_loader(count=4, batch_size=2))
+    records = _Records()
+    for name, transform in (("loss_stats", from_engine(["loss"], first=True)), ("all_losses", losses_from_output())):
+        StatsHandler(name=name, output_transform=transform, iteration_log=True).attach(trainer)
+        logging.getLogger(name).addHandler(records)
+    TensorBoardStatsHandler(log_dir=str(tmp_path), output_transform=losses_from_output(["loss_G", "loss_D"])).attach(trainer)
+    try:
+        trainer.run()
+    finally:
+        for name in ("loss_stats", "all_losses"):
+            logging.getLogger(name).removeHandler(records)
+    assert isinstance(trainer.state.output, list) and len(trainer.state.output) == 2
+    assert trainer.state.output[0]["fake_B"].shape == (1, 32, 32)
+    text = "\n".join(records.messages)
+    assert "Loss: " in text and "loss_G: " in text and "loss_D_A: " in text
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_bfloat16_autocast_on_cpu_trains():
+    trainer = make_trainer(max_epochs=1, loader=unpaired_loader(count=8), amp=True)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scalers_enabled
+    before = [p.detach().clone() for p in trainer.g_ab.parameters()]
+    trainer.run()
+    output = trainer.state.output[0]
+    assert all(torch.isfinite(torch.tensor(output[k])) for k in ("loss_G", "loss_D", "loss_cycle"))
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.g_ab.parameters()))
+    assert output["fake_B"].dtype == torch.float32
+
+
+def test_unsupported_amp_dtype_and_ratio_rejected():
+    with pytest.raises(ValueError, match="amp_dtype"):
+        make_trainer(amp=True, amp_dtype="float64")
+    with pytest.raises(ValueError, match="generator_steps_per_discriminator_step"):
+        make_trainer(generator_steps_per_discriminator_step=0)
+
+
+def _one_iteration(fuse, channels_last=False):
+    torch.manual_seed(0)
+    nets = [tiny_generator(norm=True), tiny_generator(norm=True), tiny_discriminator(), tiny_discriminator()]
+    trainer = CycleGANTrainer(
+        "cpu", 1, unpaired_loader(count=2, batch_size=2, shuffle=False), *nets,
+        # Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies rounding differences.
+        torch.optim.SGD([p for n in nets[:2] for p in n.parameters()], lr=0.1),
+        torch.optim.SGD([p for n in nets[2:] for p in n.parameters()], lr=0.1),
+        fuse_batches=fuse, channels_last=channels_last, decollate=False,
+    )
+    trainer.run()
+    return trainer.state.output, [p.detach().clone() for net in nets for p in net.parameters()]
+
+
+def test_batched_generator_calls_equal_separate_calls():
+    fused_output, fused_weights = _one_iteration(fuse=True)
+    separate_output, separate_weights = _one_iteration(fuse=False)
+    for key in ("loss_G", "loss_D_A", "loss_D_B", "loss_identity"):
+        assert fused_output[key] == pytest.approx(separate_output[key], rel=1e-5, abs=1e-6), key
+    for fused, separate in zip(fused_weights, separate_weights):
+        torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_step():
+    reference_output, _ = _one_iteration(fuse=True)
+    channels_last_output, _ = _one_iteration(fuse=True, channels_last=True)
+    assert channels_last_output["loss_G"] == pytest.approx(reference_output["loss_G"], rel=1e-5)
+    torch.testing.assert_close(channels_last_output["fake_B"], reference_output["fake_B"], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_networks_are_not_batched_together():
+    generator = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1), nn.Tanh())
+    trainer = CycleGANTrainer(
+        "cpu", 1, unpaired_loader(count=2), generator, tiny_generator(), tiny_discriminator(), tiny_discriminator(),
+        adam_optimizer(generator), adam_optimizer(tiny_discriminator()),
+    )
+    assert not trainer.fuse_generators and trainer.fuse_discriminators
+
+
+def test_configurable_cycle_loss_is_used():
+    calls = []
+    l1 = nn.L1Loss()
+
+    def cycle(reconstructed, original):
+        calls.append(reconstructed.shape)
+        return l1(reconstructed, original)
+
+    trainer = make_trainer(loader=unpaired_loader(count=4), cycle_loss=cycle, lambda_identity=0.0)
+    trainer.run()
+    assert len(calls) == 2 * trainer.state.iteration  # both directions every iteration
+
+    ssim_trainer = make_trainer(loader=unpaired_loader(count=4), cycle_loss=CycleConsistencyLoss(l1_weight=0, ssim_weight=1, ssim_win_size=7))
+    ssim_trainer.run()
+    output = ssim_trainer.state.output[0]
+    assert 0.0 < output["loss_cycle_A"] <= 2.0  # 1 - SSIM
+
+
+def test_identity_loss_skipped_when_weight_zero():
+    trainer = make_trainer(loader=unpaired_loader(count=4, batch_size=4), lambda_identity=0.0, decollate=False)
+    forward_batches = []
+    trainer.g_ab.register_forward_hook(lambda module, inputs, output: forward_batches.append(inputs[0].shape[0]))
+    trainer.run()
+    assert trainer.state.output["loss_identity"] == 0.0
+    assert forward_batches == [4, 4]  # G_AB(A) and G_AB(fake_A): no identity pass
+
+
+def test_dataset_is_told_the_epoch():
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epochs = []
+            self.images = [{"A": x, "B": -x} for x in blob_images(2, seed=0)]
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, index):
+            return self.images[index]
+
+    dataset = Recording()
+    make_trainer(max_epochs=3, loader=DataLoader(dataset, batch_size=2)).run()
+    assert dataset.epochs == [1, 2, 3]

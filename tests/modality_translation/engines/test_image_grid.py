@@ -1,0 +1,64 @@
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from modality_translation.engines import IMAGE_KEYS, TranslationGridHandler, translation_grid
+from tests.modality_translation.engines.toy import make_trainer, unpaired_loader
+
+
+def fake_output(batch=3, size=8):
+    """Each image is filled with a value identifying its key (index / 5 - 1) and its sample."""
+    return {key: torch.full((batch, 1, size, size), k / 5 - 1.0) + 0.01 * torch.arange(batch).view(-1, 1, 1, 1)
+            for k, key in enumerate(IMAGE_KEYS)}
+
+
+def test_grid_rows_columns_and_scaling():
+    grid, labels = translation_grid(fake_output(), max_samples=2)
+    assert grid.shape == (4, 3, 8, 8)
+    assert labels == ["real_A / fake_B / rec_A"] * 2 + ["real_B / fake_A / rec_B"] * 2
+    for row, (domain, sample) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for column in range(3):
+            k = 3 * domain + column
+            assert grid[row, column, 0, 0] == pytest.approx(((k / 5 - 1.0 + 0.01 * sample) + 1) / 2)
+
+
+def test_grid_of_decollated_output_and_missing_domain():
+    decollated = [{key: value[i] for key, value in fake_output().items() if key in ("real_A", "fake_B", "rec_A")} for i in range(3)]
+    grid, labels = translation_grid(decollated)
+    assert grid.shape == (3, 3, 8, 8) and set(labels) == {"real_A / fake_B / rec_A"}
+    with pytest.raises(ValueError, match="none of the image rows"):
+        translation_grid({"loss": 1.0})
+
+
+def test_middle_channel_and_slice_shown_for_2_5d_and_3d():
+    output = {key: torch.zeros(1, 3, 4, 4, 5) for key in IMAGE_KEYS}
+    output["real_A"][0, 1, :, :, 2] = 1.0
+    grid, _ = translation_grid(output)
+    assert grid.shape == (2, 3, 4, 4)
+    assert np.all(grid[0, 0] == 1.0) and np.all(grid[0, 1] == 0.5)
+
+
+def test_handler_writes_png_and_tensorboard_every_interval(tmp_path):
+    trainer = make_trainer(max_epochs=4, loader=unpaired_loader(count=4, batch_size=2))
+    handler = TranslationGridHandler(output_dir=tmp_path / "png", interval=2, log_dir=tmp_path / "tb", max_samples=2)
+    handler.attach(trainer)
+    trainer.run()
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["translation_epoch=2.png", "translation_epoch=4.png"]
+    image = matplotlib.image.imread(tmp_path / "png" / "translation_epoch=4.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert "translation" in events.Tags()["images"]
+    steps = [event.step for event in events.Images("translation")]
+    assert steps == [2, 4]
+    first = events.Images("translation")[0]
+    assert (first.height, first.width) == (4 * 32, 3 * 32)  # 2 samples x 2 domains rows, 3 columns
+
+
+def test_handler_needs_an_output_and_valid_interval():
+    with pytest.raises(ValueError, match="somewhere"):
+        TranslationGridHandler()
+    with pytest.raises(ValueError, match="interval"):
+        TranslationGridHandler(output_dir="x", interval=0)

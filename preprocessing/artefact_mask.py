@@ -1,0 +1,366 @@
+"""Removal of the CT head holder (holder plate, contact pads, couch) by morphology.
+
+The CT study's procedure: threshold the CT, erode ``n`` times until the holder separates from the
+head, keep the component holding the head, dilate it ``n`` times plus a margin, fill its holes,
+and set everything outside the resulting mask to air. It is computed on the registered reference
+CT and applied to every registered CT, or on each CT itself (per-subject mode, for CTs that are
+not registered).
+
+Default threshold, -300 HU (soft tissue, measured): the head is then one solid object (scalp, fat,
+skull, brain) joined to the holder only through the contact pads, and erosion separates them long
+before it could split the head. A bone threshold (e.g. +300 HU) keeps only the skull, a shell a
+few millimetres thick: the scalp and face (up to a centimetre outside the bone) fall outside the
+mask unless the margin is as large as the gap to the holder, so the head loses several percent of
+its voxels (see ``tests/preprocessing/test_artefact_mask.py``).
+
+Automatic number of erosions: the holder is recognised as dense material (at least
+``artefact_hu``) whose connected pieces mostly face the outside air — the plate, the pads and
+the couch — whereas the skull is wrapped in scalp and touches outside air only at a few canals.
+The chosen ``n`` is the smallest number of erosions after which the component holding the head
+centre (the deepest voxel of the mask outside those pieces) contains none of them; the
+separation is monotone in ``n``, so it is found by bisection. Without such pieces ``n`` is 0 and
+the head is kept intact.
+
+Iterated erosion with the 6-connected cross (or the 26-connected box) is computed exactly and at
+once for every ``n`` from the city-block (chessboard) distance map, which is what
+``scipy.ndimage.distance_transform_cdt`` returns: eroding ``n`` times keeps the voxels at distance
+greater than ``n`` from the background.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Literal, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_numpy
+from scipy import ndimage
+
+DEFAULT_THRESHOLD_HU = -300.0
+DEFAULT_ARTEFACT_HU = 500.0
+DEFAULT_AIR_HU = -500.0
+DEFAULT_MARGIN = 2
+STRUCTURES = {"cross": ("taxicab", 1), "box": ("chessboard", 3)}  # distance metric, scipy connectivity rank
+
+
+def _structure(structure: str) -> tuple[str, bool]:
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
+    return STRUCTURES[structure][0], structure == "box"
+
+
+def _labels(mask: np.ndarray, fully_connected: bool) -> np.ndarray:
+    # SimpleITK's multi-threaded labelling is about twice as fast as scipy's on 10^7 voxels.
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8))
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(image, fully_connected))
+
+
+def _seed_component(mask: np.ndarray, seed: tuple[int, ...], fully_connected: bool) -> np.ndarray:
+    """The connected component of ``mask`` holding ``seed`` (empty if the seed is not in the mask)."""
+    if not mask[seed]:
+        return np.zeros_like(mask)
+    labels = _labels(mask, fully_connected)
+    return labels == labels[seed]
+
+
+def _touching(mask: np.ndarray) -> np.ndarray:
+    """Voxels with at least one face neighbour in ``mask`` (a 6-connected dilation minus the centre).
+
+    Shifted slices rather than ``binary_dilation``: several times faster, and the volume edge
+    counts as outside ``mask``.
+    """
+    out = np.zeros_like(mask)
+    for axis in range(mask.ndim):
+        lower = [slice(None)] * mask.ndim
+        upper = [slice(None)] * mask.ndim
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lower)] |= mask[tuple(upper)]
+        out[tuple(upper)] |= mask[tuple(lower)]
+    return out
+
+
+def _reaching_edge(labels: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Voxels whose (non-zero) label is present on a face of the volume across one of ``axes``."""
+    faces = np.concatenate([np.take(labels, [0, -1], axis=axis).ravel() for axis in axes])
+    # A lookup table indexed by label: one pass over the volume, faster than np.isin.
+    reaches = np.zeros(int(labels.max()) + 1, dtype=bool)
+    reaches[faces] = True
+    reaches[0] = False
+    return reaches[labels]
+
+
+def _holder_pieces(ct_hu: np.ndarray, artefact_hu: float, air_hu: float, fully_connected: bool,
+                   exposed_fraction: float) -> np.ndarray:
+    """Dense pieces (>= ``artefact_hu``) whose surface mostly touches air connected to the volume edge."""
+    dense = ct_hu >= artefact_hu
+    if not dense.any():
+        return dense
+    pieces = _labels(dense, fully_connected)
+    outside_air = _reaching_edge(_labels(ct_hu < air_hu, fully_connected), (0, 1, 2))
+    surface = dense & _touching(~dense)
+    exposed = surface & _touching(outside_air)
+    count = int(pieces.max()) + 1
+    surface_voxels = np.bincount(pieces[surface], minlength=count)
+    exposed_voxels = np.bincount(pieces[exposed], minlength=count)
+    is_holder = exposed_voxels > exposed_fraction * np.maximum(surface_voxels, 1)
+    is_holder[0] = False
+    return is_holder[pieces]
+
+
+def _fill_holes(mask: np.ndarray, fill: str, slice_axis: int) -> np.ndarray:
+    """Fill background regions that do not reach the volume edge (in 3D or within each slice).
+
+    Written with one labelling of the background instead of ``scipy.ndimage.binary_fill_holes``
+    or ``sitk.BinaryFillhole``, which propagate by reconstruction and take three to five times
+    longer on 10^7 voxels.
+    """
+    if fill == "3d":
+        background = _labels(~mask, fully_connected=False)
+        edge_axes: tuple[int, ...] = (0, 1, 2)
+    else:
+        # No neighbours across slices: every slice is labelled on its own, in one call.
+        structure = np.zeros((3, 3, 3), bool)
+        index = [slice(None)] * 3
+        index[slice_axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        background, _ = ndimage.label(~mask, structure)
+        edge_axes = tuple(axis for axis in range(3) if axis != slice_axis)
+    return mask | ((background > 0) & ~_reaching_edge(background, edge_axes))
+
+
+def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - pad, 0), min(int(present[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def build_artefact_mask(
+    ct_hu: np.ndarray,
+    threshold_hu: float = DEFAULT_THRESHOLD_HU,
+    n_erosions: int | None = None,
+    margin: int = DEFAULT_MARGIN,
+    fill: Literal["3d", "slicewise"] = "3d",
+    structure: Literal["cross", "box"] = "cross",
+    artefact_hu: float = DEFAULT_ARTEFACT_HU,
+    air_hu: float = DEFAULT_AIR_HU,
+    exposed_fraction: float = 0.5,
+    max_erosions: int = 64,
+    slice_axis: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Head mask of a CT without the head holder.
+
+    Args:
+        ct_hu: 3D CT in Hounsfield units.
+        threshold_hu: voxels above it form the object that is eroded.
+        n_erosions: erosions before keeping the head component; ``None`` chooses the smallest
+            number that separates the holder (see the module docstring).
+        margin: extra dilations beyond ``n_erosions`` (voxels), to recover surface detail.
+        fill: ``"3d"`` fills enclosed cavities; ``"slicewise"`` fills each slice along ``slice_axis``
+            (also closes cavities open at the top or bottom of the volume).
+        structure: ``"cross"`` (6-connected, scipy's default) or ``"box"`` (26-connected)
+            structuring element of every erosion and dilation.
+        artefact_hu: density of holder material (plate, pads, couch) for the automatic ``n``.
+        air_hu: below it a voxel is air, for the automatic ``n``.
+        exposed_fraction: a dense piece whose surface touches outside air in more than this
+            fraction of its voxels is holder, for the automatic ``n``.
+        max_erosions: largest automatic ``n``.
+        slice_axis: array axis across slices, for ``fill="slicewise"`` (0 for ``[z, y, x]``).
+
+    Returns:
+        The boolean mask (True = keep) and an info dict: ``n_erosions``, ``automatic``, ``seed``
+        (index of the head centre), ``object_voxels`` (thresholded voxels), ``artefact_voxels``
+        (holder voxels found), ``head_component_voxels`` (size of the head component after the
+        erosions), ``component_voxels`` ({n: head component size} for each n examined) and
+        ``mask_voxels``.
+
+    Raises:
+        ValueError: for a non-3D input, bad parameters, a volume with nothing above the threshold,
+            or (automatic ``n``) a holder still joined to the head after ``max_erosions`` erosions.
+    """
+    ct_hu = np.asarray(ct_hu)
+    if ct_hu.ndim != 3:
+        raise ValueError(f"build_artefact_mask expects a 3D CT, got shape {ct_hu.shape}")
+    if fill not in ("3d", "slicewise"):
+        raise ValueError(f"fill must be '3d' or 'slicewise', got {fill!r}")
+    if margin < 0 or (n_erosions is not None and n_erosions < 0):
+        raise ValueError(f"margin and n_erosions must be >= 0, got {margin} and {n_erosions}")
+    metric, fully_connected = _structure(structure)
+
+    full_body = ct_hu > threshold_hu
+    if not full_body.any():
+        raise ValueError(f"no voxel above the threshold of {threshold_hu} HU")
+    # Work inside the object's bounding box: a head CT is mostly air. The head component after n
+    # erosions lies deeper than n inside the object, so dilating it n + margin times reaches at
+    # most margin - 1 voxels outside the object: a pad of margin + 1 holds the whole mask.
+    box = _bounding_box(full_body, pad=margin + 1)
+    ct, body = ct_hu[box], full_body[box]
+
+    depth = ndimage.distance_transform_cdt(body, metric=metric)
+    holder = (_holder_pieces(ct, artefact_hu, air_hu, fully_connected, exposed_fraction)
+              if n_erosions is None else np.zeros_like(body))
+    # The head centre is the deepest voxel away from the holder: the head is the thickest object.
+    seed = tuple(int(i) for i in np.unravel_index(np.argmax(np.where(holder, 0, depth)), depth.shape))
+    component_voxels: dict[int, int] = {}
+
+    def head_component(n: int) -> np.ndarray:
+        component = _seed_component(depth > n, seed, fully_connected)
+        component_voxels[n] = int(component.sum())
+        return component
+
+    def joined(component: np.ndarray) -> bool:
+        return bool((component & holder).any())
+
+    if n_erosions is not None:
+        n = int(n_erosions)
+        head = head_component(n)
+    else:
+        n, head = 0, head_component(0)
+        if joined(head):
+            # The test "the head component holds no holder voxel" is monotone in n: gallop up
+            # (1, 2, 4, ...) to a separating n, then bisect, labelling O(log n) times.
+            limit = min(max_erosions, int(depth[seed]) - 1)
+            low, high = 0, 1
+            while True:
+                high = min(high, limit)
+                head = head_component(high)
+                if not joined(head):
+                    break
+                if high == limit:
+                    raise ValueError(
+                        f"the head holder is still joined to the head after {high} erosions; give "
+                        f"n_erosions or check threshold_hu ({threshold_hu}) and artefact_hu ({artefact_hu})"
+                    )
+                low, high = high, 2 * high
+            while high - low > 1:
+                middle = (low + high) // 2
+                candidate = head_component(middle)
+                if joined(candidate):
+                    low = middle
+                else:
+                    high, head = middle, candidate
+            n = high
+
+    grow = n + margin
+    # Dilating ``grow`` times = voxels within that city-block/chessboard distance of the head.
+    mask = ndimage.distance_transform_cdt(~head, metric=metric) <= grow if grow > 0 else head
+    mask = _fill_holes(mask, fill, slice_axis)
+    full_mask = np.zeros_like(full_body)
+    full_mask[box] = mask
+    info = {
+        "n_erosions": n,
+        "automatic": n_erosions is None,
+        "seed": [int(i) + int(b.start) for i, b in zip(seed, box)],
+        "object_voxels": int(full_body.sum()),
+        "artefact_voxels": int(holder.sum()),
+        "head_component_voxels": component_voxels[n],
+        "component_voxels": dict(sorted(component_voxels.items())),
+        "mask_voxels": int(mask.sum()),
+    }
+    return full_mask, info
+
+
+def apply_artefact_mask(ct_hu: np.ndarray, mask: np.ndarray, outside_hu: float = -1000.0) -> np.ndarray:
+    """Set every voxel outside ``mask`` to ``outside_hu`` (air); keeps the input dtype.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    ct_hu = np.asarray(ct_hu)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != ct_hu.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from CT shape {ct_hu.shape}")
+    return np.where(mask, ct_hu, np.asarray(outside_hu, dtype=ct_hu.dtype))
+
+
+def measure_artefact_removal(mask: np.ndarray, head_truth_mask: np.ndarray, artefact_truth_mask: np.ndarray) -> dict[str, float]:
+    """How well a mask removes the artefact and keeps the head, against truth masks.
+
+    Args:
+        mask: the computed mask (True = kept).
+        head_truth_mask: true head voxels.
+        artefact_truth_mask: true holder/couch/pad voxels.
+
+    Returns:
+        ``artefact_remaining_fraction`` (artefact voxels kept / artefact voxels),
+        ``head_lost_fraction`` (head voxels removed / head voxels), and the four voxel counts
+        ``artefact_voxels``, ``artefact_remaining_voxels``, ``head_voxels``, ``head_lost_voxels``.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    mask, head, artefact = (np.asarray(m, dtype=bool) for m in (mask, head_truth_mask, artefact_truth_mask))
+    if not mask.shape == head.shape == artefact.shape:
+        raise ValueError(f"shapes differ: mask {mask.shape}, head {head.shape}, artefact {artefact.shape}")
+    artefact_voxels, head_voxels = int(artefact.sum()), int(head.sum())
+    remaining, lost = int((mask & artefact).sum()), int((head & ~mask).sum())
+    return {
+        "artefact_remaining_fraction": remaining / artefact_voxels if artefact_voxels else 0.0,
+        "head_lost_fraction": lost / head_voxels if head_voxels else 0.0,
+        "artefact_voxels": artefact_voxels,
+        "artefact_remaining_voxels": remaining,
+        "head_voxels": head_voxels,
+        "head_lost_voxels": lost,
+    }
+
+
+def _spatial(image: NdarrayOrTensor, key: Hashable) -> np.ndarray:
+    array = convert_to_numpy(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"ArtefactMaskd: {key!r} must be a 3D volume or (1, X, Y, Z), got shape {tuple(array.shape)}")
+    return array
+
+
+class ArtefactMaskd(MapTransform):
+    """Dictionary twin of :func:`build_artefact_mask` + :func:`apply_artefact_mask`.
+
+    The mask comes from ``data[mask_key]`` when that key is present, otherwise it is built on
+    ``data[source_key]`` and applied to every key (reference mode: all CTs registered to the
+    reference); with neither, each key is masked with its own mask (per-subject mode). Images may
+    be 3D or channel-first ``(1, *spatial)``; outputs keep their type and shape.
+
+    Args:
+        keys: keys of the CT images (HU) to mask.
+        source_key: key of the CT the mask is built on (e.g. the registered reference CT).
+        mask_key: key of a precomputed mask; when absent from the data and ``source_key`` is set,
+            the built mask is stored there (``(1, *spatial)`` uint8), with its info under
+            ``<mask_key>_info``.
+        outside_hu: value written outside the mask.
+        allow_missing_keys: do not raise for absent keys.
+        slice_axis: spatial axis across slices for ``fill="slicewise"`` (MONAI images are
+            ``(C, x, y, z)``: axial slices lie across the last axis, the default).
+        mask_options: keyword arguments of :func:`build_artefact_mask`.
+    """
+
+    def __init__(self, keys: KeysCollection, source_key: Hashable | None = None, mask_key: Hashable | None = None,
+                 outside_hu: float = -1000.0, allow_missing_keys: bool = False, slice_axis: int = 2,
+                 **mask_options: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+        self.mask_key = mask_key
+        self.outside_hu = outside_hu
+        self.mask_options = dict(mask_options, slice_axis=slice_axis)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        shared: np.ndarray | None = None
+        if self.mask_key is not None and self.mask_key in d:
+            shared = _spatial(d[self.mask_key], self.mask_key).astype(bool)
+        elif self.source_key is not None:
+            shared, info = build_artefact_mask(_spatial(d[self.source_key], self.source_key), **self.mask_options)
+            if self.mask_key is not None:
+                d[self.mask_key] = shared[None].astype(np.uint8)
+                d[f"{self.mask_key}_info"] = info
+        for key in self.key_iterator(d):
+            image = _spatial(d[key], key)
+            mask = shared if shared is not None else build_artefact_mask(image, **self.mask_options)[0]
+            out = apply_artefact_mask(image, mask, self.outside_hu).reshape(np.shape(d[key]))
+            dtype = d[key].dtype if isinstance(d[key], torch.Tensor) else out.dtype
+            d[key] = convert_to_dst_type(out, d[key], dtype=dtype)[0]
+        return d

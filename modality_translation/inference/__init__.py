@@ -1,0 +1,47 @@
+"""Volume inference: 2D generators over whole 3D volumes, NIfTI and synthetic DICOM output.
+
+Every class and function takes plain JSON values (and ``@network`` references), so a bundle's
+``inference.json`` builds them with ``_target_``.
+"""
+
+from modality_translation.inference.dicom_output import default_series_description, write_dicom_series
+from modality_translation.inference.intensity import MR_NORMALIZATION_METHODS, IntensityMapping
+from modality_translation.inference.volume import (
+    CanonicalVolume,
+    TranslateVolumed,
+    VolumeSliceInferer,
+    VolumeTranslator,
+    check_same_grid,
+    load_datalist_items,
+    load_network_weights,
+    read_nifti_header,
+    read_volume,
+    resolve_device,
+    resolve_item_path,
+    subject_name,
+    translate_datalist,
+    translate_slices,
+    write_volume_like,
+)
+
+__all__ = [
+    "MR_NORMALIZATION_METHODS",
+    "CanonicalVolume",
+    "IntensityMapping",
+    "TranslateVolumed",
+    "VolumeSliceInferer",
+    "VolumeTranslator",
+    "check_same_grid",
+    "default_series_description",
+    "load_datalist_items",
+    "load_network_weights",
+    "read_nifti_header",
+    "read_volume",
+    "resolve_device",
+    "resolve_item_path",
+    "subject_name",
+    "translate_datalist",
+    "translate_slices",
+    "write_dicom_series",
+    "write_volume_like",
+]

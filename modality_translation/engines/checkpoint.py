@@ -135,15 +135,7 @@ class AtomicDiskSaver(BaseSaveHandler):
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         """Write ``checkpoint`` to ``save_dir / filename``."""
 
-        def write(tmp: Path) -> None:
-            torch.save(checkpoint, tmp)
-            # mkstemp creates the temporary file readable by its owner only; give the checkpoint
-            # the permissions of a normally created file.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-
-        atomic_write_with(self.save_dir / filename, write)
+        atomic_write_with(self.save_dir / filename, lambda tmp: torch.save(checkpoint, tmp))
 
     def remove(self, filename: str) -> None:
         """Delete a checkpoint that dropped out of the ``n_saved`` most recent ones."""

@@ -16,12 +16,13 @@ whose iteration is one CycleGAN step:
 What keeps an iteration cheap: the generated images are computed once and reused, detached, by the
 discriminator step; the discriminators' parameters do not require gradients during the generator
 step (its backward pass computes no discriminator weight gradients); when the networks have no batch
-normalisation (whose statistics depend on the batch), the two images each generator translates in
-step 1, and the real and generated images each discriminator judges in step 3, go through the network
-as one batch; gradients are released (``set_to_none``) rather than zeroed; optional mixed precision
-(``bfloat16`` autocast, or ``float16`` with a gradient scaler per optimiser) and channels-last memory
-layout. Losses are computed in float32 outside autocast: SSIM's variance terms lose their precision
-in 16-bit arithmetic.
+normalisation (whose statistics depend on the batch), the six generator passes of step 1 become
+three batched calls (``G_BA([B, A])``, then ``G_AB([A, fake_A, B])``, then ``G_BA(fake_B)``), which
+halves the weight-gradient computations and accumulations, and each discriminator judges its real and
+generated images as one batch; gradients are released (``set_to_none``) rather than zeroed; optional
+mixed precision (``bfloat16`` autocast, or ``float16`` with a gradient scaler per optimiser) and
+channels-last memory layout. Losses are computed in float32 outside autocast: SSIM's variance terms
+lose their precision in 16-bit arithmetic.
 
 ``engine.state.output`` holds every loss as a float (``loss`` = ``loss_G``, so MONAI's default output
 transforms work) and the images ``real_A, fake_B, rec_A, real_B, fake_A, rec_B`` (detached,
@@ -376,13 +377,21 @@ class CycleGANTrainer(Trainer):
         _set_requires_grad(self.discriminators, False)
         self.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self.autocast():
-            if use_identity:
-                fake_b, idt_b = _paired_forward(self.g_ab, real_a, real_b, self.fuse_generators)
-                fake_a, idt_a = _paired_forward(self.g_ba, real_b, real_a, self.fuse_generators)
+            if self.fuse_generators and (not use_identity or real_a.shape == real_b.shape):
+                # Three calls instead of six: fake_A (and idt_A) first, so that G_AB can translate
+                # real_A, fake_A (and real_B) in one batch; G_BA then reconstructs A.
+                if use_identity:
+                    fake_a, idt_a = self.g_ba(torch.cat([real_b, real_a])).split(real_b.shape[0])
+                    fake_b, rec_b, idt_b = self.g_ab(torch.cat([real_a, fake_a, real_b])).split(real_a.shape[0])
+                else:
+                    fake_a = self.g_ba(real_b)
+                    fake_b, rec_b = self.g_ab(torch.cat([real_a, fake_a])).split(real_a.shape[0])
             else:
                 fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
+                rec_b = self.g_ab(fake_a)
+                if use_identity:
+                    idt_b, idt_a = self.g_ab(real_b), self.g_ba(real_a)
             rec_a = self.g_ba(fake_b)
-            rec_b = self.g_ab(fake_a)
             logits_fake_b = self.d_b(fake_b)
             logits_fake_a = self.d_a(fake_a)
         self.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -205,13 +205,19 @@ def test_configurable_cycle_loss_is_used():
     assert 0.0 < output["loss_cycle_A"] <= 2.0  # 1 - SSIM
 
 
-def test_identity_loss_skipped_when_weight_zero():
-    trainer = make_trainer(loader=unpaired_loader(count=4, batch_size=4), lambda_identity=0.0, decollate=False)
-    forward_batches = []
-    trainer.g_ab.register_forward_hook(lambda module, inputs, output: forward_batches.append(inputs[0].shape[0]))
+@pytest.mark.parametrize(
+    "lambda_identity, fuse, expected_calls",
+    [(0.0, True, [8]), (5.0, True, [12]), (0.0, False, [4, 4]), (5.0, False, [4, 4, 4])],
+)
+def test_generator_calls_per_iteration(lambda_identity, fuse, expected_calls):
+    """G_AB translates A, fake_A (and B for the identity loss): batched into one call when allowed."""
+    trainer = make_trainer(loader=unpaired_loader(count=4, batch_size=4), lambda_identity=lambda_identity,
+                           fuse_batches=fuse, decollate=False)
+    calls = []
+    trainer.g_ab.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     trainer.run()
-    assert trainer.state.output["loss_identity"] == 0.0
-    assert forward_batches == [4, 4]  # G_AB(A) and G_AB(fake_A): no identity pass
+    assert calls == expected_calls
+    assert (trainer.state.output["loss_identity"] == 0.0) == (lambda_identity == 0.0)
 
 
 def test_dataset_is_told_the_epoch():

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from torch import nn
 
 from modality_translation.engines import LinearDecay, adam_optimizer, linear_decay_scheduler
@@ -57,6 +58,23 @@ def test_adam_over_several_networks_with_gan_betas():
     assert parameters == {id(p) for p in [*g1.parameters(), *g2.parameters()]}
     assert optimizer.param_groups[0]["betas"] == (0.5, 0.999)
     assert optimizer.param_groups[0]["lr"] == 1e-4
+    assert optimizer.param_groups[0]["fused"] is True
+    assert adam_optimizer(g1, fused=False).param_groups[0]["fused"] is False
+
+
+def test_fused_adam_matches_the_default_update():
+    torch.manual_seed(0)
+    nets = [nn.Linear(4, 4), nn.Linear(4, 4)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [adam_optimizer(nets[0], lr=1e-2), adam_optimizer(nets[1], lr=1e-2, fused=False)]
+    x = torch.randn(8, 4)
+    for _ in range(5):
+        for net, optimizer in zip(nets, optimizers):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_invalid_settings_rejected():

@@ -1,0 +1,281 @@
+"""Benchmark of CycleGAN training iterations: the engine against the reference update rule.
+
+Times full CycleGAN iterations (both generators, both discriminators, identity loss, image pools,
+Adam) at 256x256, batch 1, with the ResNet-9 and U-Net-256 generators and the 70x70 PatchGAN of
+``modality_translation.networks``:
+
+- ``reference``: the update of the reference implementation (Zhu et al.'s ``CycleGANModel.optimize_parameters``:
+  six separate generator calls, discriminators frozen during the generator step, real and fake
+  discriminator passes separate), float32, written out here in plain PyTorch on the same networks;
+- ``engine``: :class:`modality_translation.engines.CycleGANTrainer` (float32, batched calls where the
+  networks allow it);
+- ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout.
+
+Each configuration runs in its own process with a fixed thread count (``--threads``), after
+``--warmup`` iterations, and the whole list of configurations is repeated ``--rounds`` times so
+that a change in the machine's load affects all variants alike; the median over rounds and timed
+iterations is reported, with the load average (CPU timings on a shared machine vary with what else
+runs). On CUDA
+(when available) batch 1 and 16 are timed too. Results go to the ``--output`` JSON file.
+
+    python benchmarks/bench_training.py --output benchmarks/results/training.json
+        [--threads 1 2] [--generators resnet9 unet256] [--variants reference engine engine-bf16]
+        [--iterations 2] [--warmup 1] [--rounds 2] [--device cpu cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+#: Seconds per iteration of the reference implementation measured on the 2-core development machine.
+REFERENCE_SECONDS_2CORE = {"resnet9": 5.2, "unet256": 1.45}
+VARIANTS = ("reference", "engine", "engine-bf16", "engine-bf16-cl")
+SIZE = 256
+
+
+def build_networks(generator: str):
+    import torch
+
+    from modality_translation.networks import PatchGANDiscriminator, ResNetGenerator, UNetGenerator
+
+    torch.manual_seed(0)
+    make = {"resnet9": lambda: ResNetGenerator(num_blocks=9), "unet256": lambda: UNetGenerator()}[generator]
+    return make(), make(), PatchGANDiscriminator(), PatchGANDiscriminator()
+
+
+def l1_loss(a, b):
+    return (a - b).abs().mean()
+
+
+def reference_iteration(nets, optimizers, pools, criterion, real_a, real_b, lambda_cycle=10.0, lambda_identity=0.5):
+    """One iteration of the reference CycleGAN update rule (float32, separate network calls)."""
+    g_a, g_b, d_a, d_b = nets
+    optimizer_g, optimizer_d = optimizers
+    fake_b = g_a(real_a)
+    rec_a = g_b(fake_b)
+    fake_a = g_b(real_b)
+    rec_b = g_a(fake_a)
+    for net in (d_a, d_b):
+        for p in net.parameters():
+            p.requires_grad_(False)
+    optimizer_g.zero_grad()
+    idt_a = g_a(real_b)
+    idt_b = g_b(real_a)
+    loss_g = (
+        criterion.generator_loss(d_a(fake_b))
+        + criterion.generator_loss(d_b(fake_a))
+        + lambda_cycle * (l1_loss(rec_a, real_a) + l1_loss(rec_b, real_b))
+        + lambda_cycle * lambda_identity * (l1_loss(idt_a, real_b) + l1_loss(idt_b, real_a))
+    )
+    loss_g.backward()
+    optimizer_g.step()
+    for net in (d_a, d_b):
+        for p in net.parameters():
+            p.requires_grad_(True)
+    optimizer_d.zero_grad()
+    for net, real, fake, pool in ((d_a, real_b, fake_b, pools[0]), (d_b, real_a, fake_a, pools[1])):
+        fake = pool.query(fake)
+        loss_d = 0.5 * criterion.discriminator_loss(net(real), net(fake.detach()))
+        loss_d.backward()
+    optimizer_d.step()
+
+
+def time_configuration(generator: str, variant: str, threads: int, device: str, batch_size: int,
+                       iterations: int, warmup: int) -> dict:
+    """Time ``iterations`` iterations after ``warmup`` ones; runs in the calling process."""
+    import torch
+    from ignite.engine import Events
+
+    from modality_translation.engines import CycleGANTrainer, ImagePool, adam_optimizer
+    from modality_translation.losses import AdversarialLoss
+
+    torch.set_num_threads(threads)
+    nets = [net.to(device) for net in build_networks(generator)]
+    g_optimizer, d_optimizer = adam_optimizer(nets[:2]), adam_optimizer(nets[2:])
+    generator_rng = torch.Generator().manual_seed(1)
+    batches = [
+        {key: torch.rand(batch_size, 1, SIZE, SIZE, generator=generator_rng) * 2 - 1 for key in ("A", "B")}
+        for _ in range(4)
+    ]
+    total = warmup + iterations
+    durations: list[float] = []
+
+    def synchronize():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    if variant == "reference":
+        criterion = AdversarialLoss("least_squares")
+        pools = (ImagePool(50), ImagePool(50))
+        for i in range(total):
+            batch = batches[i % len(batches)]
+            synchronize()
+            start = time.perf_counter()
+            reference_iteration(nets, (g_optimizer, d_optimizer), pools, criterion,
+                                batch["A"].to(device), batch["B"].to(device))
+            synchronize()
+            durations.append(time.perf_counter() - start)
+    else:
+        loader = [batches[i % len(batches)] for i in range(total)]
+        trainer = CycleGANTrainer(
+            device, 1, loader, *nets, g_optimizer, d_optimizer,
+            adversarial_loss=AdversarialLoss("least_squares", discriminator_scale=0.5),
+            amp=variant.startswith("engine-bf16"), amp_dtype="bfloat16",
+            channels_last=variant.endswith("-cl"), epoch_length=total,
+        )
+        starts: list[float] = []
+
+        def started(_):
+            synchronize()
+            starts.append(time.perf_counter())
+
+        def completed(_):
+            synchronize()
+            durations.append(time.perf_counter() - starts[-1])
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, started)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, completed)
+        trainer.run()
+    timed = durations[warmup:]
+    median = statistics.median(timed)
+    return {
+        "generator": generator,
+        "variant": variant,
+        "device": device,
+        "threads": threads,
+        "batch_size": batch_size,
+        "seconds_per_iteration": median,
+        "iterations_per_second": 1.0 / median,
+        "images_per_second": batch_size / median,
+        "timed_iterations": timed,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
+def run_in_subprocess(config: dict) -> dict:
+    """Time one configuration in a fresh process (thread pools and allocator caches do not carry over)."""
+    command = [sys.executable, __file__, "--single", json.dumps(config)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {**config, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One result per configuration: the median over every timed iteration of every round."""
+    valid = [r for r in runs if "error" not in r]
+    if not valid:
+        return runs[-1]
+    timed = [t for r in valid for t in r["timed_iterations"]]
+    median = statistics.median(timed)
+    merged = {k: v for k, v in valid[0].items() if k not in ("timed_iterations", "load_average_after")}
+    merged.update(
+        seconds_per_iteration=median,
+        iterations_per_second=1.0 / median,
+        images_per_second=merged["batch_size"] / median,
+        timed_iterations=timed,
+        load_averages=[r["load_average_after"] for r in valid],
+    )
+    return merged
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Speed-up of every engine variant over the reference measured in the same setting."""
+    reference = {
+        (r["generator"], r["device"], r["threads"], r["batch_size"]): r["seconds_per_iteration"]
+        for r in results if r.get("variant") == "reference" and "error" not in r
+    }
+    rows = []
+    for r in results:
+        if "error" in r:
+            continue
+        key = (r["generator"], r["device"], r["threads"], r["batch_size"])
+        row = {k: r[k] for k in ("generator", "variant", "device", "threads", "batch_size", "seconds_per_iteration")}
+        if key in reference:
+            row["speedup_vs_reference_measured"] = reference[key] / r["seconds_per_iteration"]
+        if r["device"] == "cpu" and r["batch_size"] == 1:
+            row["speedup_vs_reference_2core_figure"] = REFERENCE_SECONDS_2CORE[r["generator"]] / r["seconds_per_iteration"]
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, help="JSON file of the results")
+    parser.add_argument("--generators", nargs="+", default=["resnet9", "unet256"], choices=["resnet9", "unet256"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:3]), choices=VARIANTS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[os.cpu_count() or 1])
+    parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if available)")
+    parser.add_argument("--cuda-batch-sizes", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.single:
+        config = json.loads(args.single)
+        print(json.dumps(time_configuration(**config)))
+        return
+    if args.output is None:
+        parser.error("--output is required")
+
+    import torch
+
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    configs = []
+    for device in devices:
+        batch_sizes = args.cuda_batch_sizes if device == "cuda" else [1]
+        thread_counts = args.threads if device == "cpu" else [args.threads[0]]
+        for generator in args.generators:
+            for threads in thread_counts:
+                for batch_size in batch_sizes:
+                    for variant in args.variants:
+                        if variant == "engine-bf16-cl" and device == "cuda":
+                            continue
+                        configs.append({
+                            "generator": generator, "variant": variant, "threads": threads, "device": device,
+                            "batch_size": batch_size, "iterations": args.iterations, "warmup": args.warmup,
+                        })
+    runs: list[list[dict]] = [[] for _ in configs]
+    for round_index in range(args.rounds):
+        for index, config in enumerate(configs):
+            result = run_in_subprocess(config)
+            runs[index].append(result)
+            shown = {k: result.get(k) for k in ("generator", "variant", "device", "threads", "batch_size", "seconds_per_iteration", "error")}
+            print(json.dumps({"round": round_index + 1, **shown}), flush=True)
+    results = [merge_rounds(config_runs) for config_runs in runs]
+
+    from preprocessing.atomic import atomic_write_json
+
+    report = {
+        "benchmark": "CycleGAN training iteration, 256x256, identity loss on, pools of 50, Adam",
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "reference_seconds_per_iteration_2core": REFERENCE_SECONDS_2CORE,
+        "results": results,
+        "summary": summarise(results),
+    }
+    atomic_write_json(args.output, report)
+    print(json.dumps(report["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

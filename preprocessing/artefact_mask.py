@@ -6,20 +6,25 @@ and set everything outside the resulting mask to air. It is computed on the regi
 CT and applied to every registered CT, or on each CT itself (per-subject mode, for CTs that are
 not registered).
 
-Default threshold, -300 HU (soft tissue, measured): the head is then one solid object (scalp, fat,
-skull, brain) joined to the holder only through the contact pads, and erosion separates them long
-before it could split the head. A bone threshold (e.g. +300 HU) keeps only the skull, a shell a
-few millimetres thick: the scalp and face (up to a centimetre outside the bone) fall outside the
-mask unless the margin is as large as the gap to the holder, so the head loses several percent of
-its voxels (see ``tests/preprocessing/test_artefact_mask.py``).
+Default threshold, -300 HU (soft tissue, chosen by measurement): the head is then one solid object
+(scalp, fat, skull, brain) joined to the holder only through the contact pads, and erosion
+separates them long before it could split the head. A bone threshold (e.g. +300 HU) keeps only
+the skull, a shell a few millimetres thick that erosion would destroy before the holder
+separates; with no erosion the scalp and fat outside the bone (7 mm in the demo heads) fall
+outside the mask unless the margin reaches into the holder. Measured on full-size demo CTs
+(512x512x144, holder truth): -300 HU removes all but 0.05 % of the holder and loses 0.003 % of
+the head; +300 HU loses 17-23 % of the head (5 % on the 64^3 test phantom).
 
 Automatic number of erosions: the holder is recognised as dense material (at least
 ``artefact_hu``) whose connected pieces mostly face the outside air — the plate, the pads and
 the couch — whereas the skull is wrapped in scalp and touches outside air only at a few canals.
 The chosen ``n`` is the smallest number of erosions after which the component holding the head
-centre (the deepest voxel of the mask outside those pieces) contains none of them; the
-separation is monotone in ``n``, so it is found by bisection. Without such pieces ``n`` is 0 and
-the head is kept intact.
+centre (the deepest voxel of the mask outside those pieces) contains none of them. Separation is
+monotone in ``n`` (eroding more never joins), so ``n`` is found by doubling then bisection, with
+a few labellings. Without such pieces ``n`` is 0 and the head is kept intact. This criterion does
+not depend on the holder's shape: thin pads that break first, or a thin plate that vanishes
+before thick pads break (as in the demo), give the same answer — the first ``n`` at which no
+holder material remains attached to the head.
 
 Iterated erosion with the 6-connected cross (or the 26-connected box) is computed exactly and at
 once for every ``n`` from the city-block (chessboard) distance map, which is what
@@ -43,13 +48,15 @@ DEFAULT_THRESHOLD_HU = -300.0
 DEFAULT_ARTEFACT_HU = 500.0
 DEFAULT_AIR_HU = -500.0
 DEFAULT_MARGIN = 2
-STRUCTURES = {"cross": ("taxicab", 1), "box": ("chessboard", 3)}  # distance metric, scipy connectivity rank
+# Structuring element -> the distance whose level sets are its iterated erosions.
+STRUCTURES = {"cross": "taxicab", "box": "chessboard"}
 
 
 def _structure(structure: str) -> tuple[str, bool]:
+    """Distance metric and full (26-) connectivity of a structuring element name."""
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
-    return STRUCTURES[structure][0], structure == "box"
+    return STRUCTURES[structure], structure == "box"
 
 
 def _labels(mask: np.ndarray, fully_connected: bool) -> np.ndarray:

@@ -21,19 +21,20 @@ N = 64
 HEAD_CENTRE = (N // 2, int(N * 0.4), N // 2)  # [z, y, x]; +y is posterior, towards the couch
 
 
-def ct_phantom(with_holder: bool = True, noise_hu: float = 10.0, seed: int = 0):
+def ct_phantom(with_holder: bool = True, noise_hu: float = 10.0, seed: int = 0, shape=(N, N, N)):
     """CT [z, y, x] in HU with truth masks of the head and of the holder (plate + pads + couch).
 
     The head is an ellipsoid (scalp, skull, brain). Behind it (+y) a curved plate, 3 voxels away
     and 2 voxels thick, spans the whole z range and rests on a 6-voxel couch slab; three small
-    pads bridge the gap between scalp and plate.
+    pads bridge the gap between scalp and plate. (``benchmarks/bench_registration.py`` times the
+    mask on a 150x256x256 version.)
     """
-    z, y, x = np.meshgrid(*(np.arange(N, dtype=float),) * 3, indexing="ij")
-    cz, cy, cx = N / 2, N * 0.40, N / 2
-    az, ay, ax = N * 0.34, N * 0.31, N * 0.27
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    cz, cy, cx = shape[0] / 2, shape[1] * 0.40, shape[2] / 2
+    az, ay, ax = min(shape[0] * 0.45, shape[1] * 0.34), shape[1] * 0.31, shape[2] * 0.27
     radius = np.sqrt(((z - cz) / az) ** 2 + ((y - cy) / ay) ** 2 + ((x - cx) / ax) ** 2)
     head = radius < 1.0
-    ct = np.full((N, N, N), -1000.0)
+    ct = np.full(shape, -1000.0)
     ct[head] = SCALP_HU
     ct[radius < 1 - 2.0 / ay] = SKULL_HU
     ct[radius < 1 - 4.5 / ay] = BRAIN_HU

@@ -1,0 +1,242 @@
+"""What the bundle configs need besides networks, losses and engines: their root, their data, their resume point.
+
+- :func:`bundle_root`: the folder of the bundle whose config is being run, so that
+  ``python -m monai.bundle run --config_file bundles/<name>/configs/train.json`` from the repository
+  root and ``--config_file configs/train.json`` from inside the bundle resolve the same paths.
+  MONAI's model-zoo bundles write ``"bundle_root": "."`` and rely on being run from their folder (or
+  on ``--bundle_root``); MONAI itself knows the config file's folder (``ConfigWorkflow`` derives the
+  bundle root from it to extend ``sys.path``) but does not put it in the config, so it is read here.
+- :func:`prepare_datalist`: the cohort's ``dataset.json``, checked for the modalities and splits the
+  bundle uses before any training starts; with ``build_demo`` a missing demo cohort is built
+  (``python -m preprocessing demo``) and preprocessed (``python -m preprocessing run``) first, so
+  that one command trains on a fresh clone.
+- :func:`resume_checkpoint`: the checkpoint a training continues from (the latest one in its
+  checkpoint folder), or none; it refuses to start from scratch over another run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from modality_translation.data.datalist import DatalistError, load_translation_datalist, read_datalist
+from modality_translation.engines.checkpoint import latest_checkpoint
+from preprocessing.errors import PreprocessingError
+
+__all__ = ["DATALIST_NAME", "bundle_root", "prepare_datalist", "resume_checkpoint"]
+
+#: File name of the datalist in a preprocessing output folder.
+DATALIST_NAME = "dataset.json"
+
+# Local names under which monai.bundle's entry points hold the config files they parse
+# (``verify_net_in_out``, ``ckpt_export``, ``_export``...).
+_CONFIG_FILE_LOCALS = ("config_file_", "config_file")
+
+
+def _root_of_config_folder(folder: Path) -> Path:
+    # The same rule as MONAI's ConfigWorkflow.run: <bundle>/configs/*.json -> <bundle>.
+    return folder.parent if folder.name == "configs" else folder
+
+
+def _config_folder_in_stack() -> Path | None:
+    """Folder of the config file that a ``monai.bundle`` entry point is parsing, found on the call stack."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if str(frame.f_globals.get("__name__", "")).startswith("monai.bundle"):
+                owner = frame.f_locals.get("self")
+                if isinstance(owner, ConfigWorkflow):
+                    return Path(owner.config_root_path)
+                for name in _CONFIG_FILE_LOCALS:
+                    files = frame.f_locals.get(name)
+                    if isinstance(files, (list, tuple)) and files:
+                        files = files[0]
+                    if isinstance(files, (str, os.PathLike)) and os.path.isfile(files):
+                        return Path(files).parent
+            frame = frame.f_back
+    finally:
+        del frame  # break the reference cycle a frame object creates
+    return None
+
+
+def bundle_root(default: str | os.PathLike | None = None) -> str:
+    """Absolute path of the bundle being run.
+
+    Looks, in order, at the config file parsed by the running ``monai.bundle`` command (``run``,
+    ``verify_net_in_out``, ``ckpt_export``...; its ``configs`` folder's parent), at ``default``, and
+    at the working directory when it holds a ``configs`` folder.
+
+    Args:
+        default: the bundle folder to use when no ``monai.bundle`` command is parsing a config file
+            (e.g. a config read with ``ConfigParser`` directly).
+
+    Returns:
+        The absolute bundle folder.
+
+    Raises:
+        FileNotFoundError: none of these gives a bundle folder; pass ``--bundle_root`` then.
+    """
+    folder = _config_folder_in_stack()
+    if folder is not None:
+        return str(_root_of_config_folder(folder.resolve()))
+    if default is not None:
+        return str(Path(default).resolve())
+    cwd = Path.cwd()
+    if (cwd / "configs").is_dir():
+        return str(cwd.resolve())
+    raise FileNotFoundError(
+        f"cannot tell which bundle is being run (no monai.bundle config file on the call stack and no "
+        f"'configs' folder in {cwd}); give it with --bundle_root <bundle folder>"
+    )
+
+
+def _check_demo_manifest(demo_dir: Path, size: str, subjects: int, seed: int) -> bool:
+    """Whether ``demo_dir`` holds a finished demo cohort of these settings (the manifest is written last).
+
+    Raises:
+        PreprocessingError: a finished cohort of other settings is there.
+    """
+    manifest_path = demo_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    manifest = read_datalist(manifest_path)  # a JSON object, with errors naming the file
+    found = (manifest.get("size"), len(manifest.get("subjects", [])), manifest.get("seed"))
+    if found != (size, subjects, seed):
+        raise PreprocessingError(
+            manifest_path,
+            f"holds a demo cohort of size {found[0]!r}, {found[1]} subjects, seed {found[2]}, not the "
+            f"requested {size!r}, {subjects} subjects, seed {seed}: delete the folder or choose another demo folder",
+        )
+    return True
+
+
+def _build_demo(datalist: Path, demo_dir: Path, size: str, subjects: int, seed: int,
+                preprocessing_config: str | os.PathLike | Mapping[str, Any], workers: int | None, progress: bool) -> None:
+    # Imported here: the demo generator and the cohort runner are only needed on this path.
+    from preprocessing.cohort import STATUS_FAILED, run_cohort
+    from preprocessing.demo import build_demo_cohort
+
+    if not _check_demo_manifest(demo_dir, size, subjects, seed):
+        build_demo_cohort(demo_dir, subjects, size, seed, workers, progress=progress)
+    report = run_cohort(preprocessing_config, demo_dir, datalist.parent, workers=workers, progress=progress)
+    failed = [row for row in report["subjects"] if row["status"] == STATUS_FAILED]
+    if failed:
+        reasons = "; ".join(f"{row['subject']}: {row['reason']}" for row in failed)
+        raise PreprocessingError(datalist.parent, f"{len(failed)} demo subject(s) failed preprocessing ({reasons})")
+    if not datalist.is_file():
+        raise DatalistError(datalist, "the preprocessing of the demo cohort finished without writing the datalist")
+
+
+def _distributed_rank() -> int | None:
+    """This process's rank when ``torch.distributed`` is initialised, else ``None``."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def prepare_datalist(
+    datalist: str | os.PathLike,
+    modalities: Sequence[str] = (),
+    splits: Sequence[str] = ("training", "validation"),
+    build_demo: bool = False,
+    demo_dir: str | os.PathLike | None = None,
+    demo_size: str = "full",
+    demo_subjects: int = 12,
+    demo_seed: int = 0,
+    preprocessing_config: str | os.PathLike | Mapping[str, Any] = "demo",
+    workers: int | None = None,
+    require_slices: bool = True,
+    progress: bool = True,
+) -> str:
+    """The checked datalist of a bundle; with ``build_demo``, the demo cohort is made first if missing.
+
+    Args:
+        datalist: the ``dataset.json`` written by ``python -m preprocessing run``.
+        modalities: modalities every item of every split must have (``("t1", "t2")``).
+        splits: splits checked (each must exist and not be empty).
+        build_demo: when ``datalist`` does not exist, build the demo cohort in ``demo_dir`` (unless a
+            finished one of the same settings is there) and preprocess it into ``datalist``'s folder.
+        demo_dir: folder of the raw demo cohort (``python -m preprocessing demo --output``).
+        demo_size: ``"small"`` (64-voxel grids, 64 x 64 slices) or ``"full"`` (1 mm, 256 x 256 slices).
+        demo_subjects: subjects of the demo cohort (split 60/20/20 by the ``demo`` preprocessing).
+        demo_seed: seed of the demo cohort.
+        preprocessing_config: the preprocessing configuration (shipped name, file or mapping).
+        workers: processes of the demo build and preprocessing (default: one per core).
+        require_slices: check the modalities' slice lists (training), or their volumes (inference).
+        progress: progress bars while building.
+
+    Under ``torch.distributed`` (``multi_gpu_train.json``), every rank must call this: rank 0
+    prepares the data, the others wait at a barrier, then every rank checks the datalist.
+
+    Returns:
+        The absolute path of the datalist.
+
+    Raises:
+        DatalistError: a missing datalist (without ``build_demo``), a missing or empty split, an item
+            without a modality, a missing listed file; the file and the subject are named.
+        ModalityMismatchError: a file listed under one modality is named after another.
+        PreprocessingError: a demo cohort that could not be built or preprocessed.
+        ValueError: ``build_demo`` without ``demo_dir``.
+    """
+    path = Path(datalist).resolve()
+    rank = _distributed_rank()
+    # Under torch.distributed every rank calls this: rank 0 builds, the others wait for it.
+    if rank in (None, 0) and not path.is_file():
+        if not build_demo:
+            raise DatalistError(
+                path, "datalist does not exist: preprocess a cohort into its folder first "
+                "(python -m preprocessing run --config CONFIG --input DIR --output FOLDER) or point "
+                "dataset_dir at a preprocessed cohort",
+            )
+        if demo_dir is None:
+            raise ValueError("build_demo needs demo_dir, the folder of the raw demo cohort")
+        _build_demo(path, Path(demo_dir), demo_size, int(demo_subjects), int(demo_seed), preprocessing_config,
+                    workers, progress)
+    if rank is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if not path.is_file():
+        raise DatalistError(path, "datalist does not exist (it was to be prepared by rank 0)")
+    for split in splits:
+        load_translation_datalist(path, split, modalities=modalities, require_slices=require_slices)
+    return str(path)
+
+
+def resume_checkpoint(ckpt_dir: str | os.PathLike, resume: bool | str | os.PathLike = True,
+                      filename_prefix: str = "checkpoint") -> str | None:
+    """The training checkpoint to continue from.
+
+    Args:
+        ckpt_dir: the training's checkpoint folder.
+        resume: ``True``: the latest checkpoint in ``ckpt_dir`` (``None`` when there is none: a new
+            training); ``False``: none, and ``ckpt_dir`` must hold no checkpoint (a new training would
+            mix its checkpoints with the old ones); a path: that checkpoint file.
+        filename_prefix: prefix of the checkpoint files (``TrainingCheckpointSaver``'s).
+
+    Returns:
+        The checkpoint path, or ``None`` to start from scratch.
+
+    Raises:
+        FileExistsError: ``resume`` is false and ``ckpt_dir`` already holds checkpoints.
+        FileNotFoundError: ``resume`` names a file that does not exist.
+    """
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "false"):
+        resume = resume.strip().lower() == "true"
+    if isinstance(resume, bool):
+        latest = latest_checkpoint(ckpt_dir, filename_prefix)
+        if resume or latest is None:
+            return latest
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of a training (latest: {Path(latest).name}); resume it "
+            "(resume true), or give another checkpoint folder (--ckpt_dir) to start a new one"
+        )
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to resume from does not exist: {path}")
+    return str(path)

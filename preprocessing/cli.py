@@ -1,13 +1,16 @@
-"""Command line: ``python -m preprocessing demo …`` (and the cohort runner once configured).
+"""Command line: ``python -m preprocessing demo …`` and ``python -m preprocessing run …``.
 
 Bad arguments end with one line on stderr, ``preprocessing <command>: error: <what is wrong>``,
-and exit status 2, so that scripts can tell a usage error from a processing failure.
+and exit status 2, so that scripts can tell a usage error from a processing failure. ``run``
+exits with 0 when every subject is ok (or was already finished), 1 when a subject failed (the
+report says why) or the run could not complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -77,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="small: about 64 voxels a side, for tests; full: about 1 mm (default)")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same bytes (default: 0)")
     demo.add_argument("--workers", type=_count, default=None, help="parallel processes (default: one per core)")
+
+    run = commands.add_parser(
+        "run",
+        help="preprocess a cohort (read, register, artefact mask, window/normalise, slices, datalist)",
+        description="Preprocess a cohort: demo cohort, IXI NIfTI folder or CQ500-like DICOM tree in; registered "
+        "volumes, masks, transforms, slices, QC montages, dataset.json (MONAI datalist) and a report out.",
+    )
+    run.add_argument("--config", required=True,
+                     help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500)")
+    run.add_argument("--input", required=True, help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree)")
+    run.add_argument("--output", required=True, help="output folder (created if needed; finished subjects are kept)")
+    run.add_argument("--workers", type=_count, default=None,
+                     help="parallel processes (default: one per core); ANTs gets cores // workers threads each")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -98,5 +115,41 @@ def main(argv: list[str] | None = None) -> int:
         build_demo_cohort(output, args.subjects, args.size, args.seed, args.workers, progress=True)
         print(f"demo cohort written to {output} ({args.subjects} subjects, {args.size}); preview: {output / 'preview.png'}")
         return 0
+    if args.command == "run":
+        return _run(parser, args)
     parser.error(f"unknown command {args.command!r}")
     return USAGE_ERROR
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The ``run`` command: check the arguments (usage errors exit 2), then preprocess the cohort."""
+    from preprocessing.cohort import STATUS_FAILED, RunnerError, run_cohort
+    from preprocessing.config import ConfigError, load_config
+    from preprocessing.errors import PreprocessingError
+
+    def usage_error(message: str) -> None:
+        parser.exit(USAGE_ERROR, f"preprocessing run: error: {message}\n")
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        usage_error(str(error))
+    source = Path(args.input)
+    if not source.is_dir():
+        usage_error(f"input folder {str(source)!r} " + ("is not a folder" if source.exists() else "does not exist"))
+    try:
+        output = writable_folder(args.output)
+    except argparse.ArgumentTypeError as error:
+        usage_error(str(error))
+    try:
+        report = run_cohort(config, source, output, workers=args.workers, progress=not args.quiet)
+    except (RunnerError, PreprocessingError) as error:
+        print(f"preprocessing run: error: {error}", file=sys.stderr)
+        return 1
+    counts = report["counts"]
+    print(f"{counts['ok']} ok, {counts['skipped-finished']} already finished, {counts['failed']} failed; "
+          f"datalist: {output / 'dataset.json'}, report: {output / 'report.json'}")
+    for row in report["subjects"]:
+        if row["status"] == STATUS_FAILED:
+            print(f"  {row['subject']}: {row['reason']}", file=sys.stderr)
+    return 1 if counts["failed"] else 0

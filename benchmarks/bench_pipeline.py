@@ -1,0 +1,106 @@
+"""Time the preprocessing pipeline: seconds per step per volume, and cohort throughput by worker count.
+
+Usage:
+    python benchmarks/bench_pipeline.py --output benchmarks/results/pipeline.json
+        [--demo DIR | --size small|full --subjects N] [--config demo] [--workers 1 2]
+
+Without ``--demo``, a demo cohort is built first (not timed). For each worker count the whole
+cohort is preprocessed into a fresh folder with ``python -m preprocessing run``'s engine; the
+report's per-subject timings give the seconds per volume of each step (read, register, mask,
+window, normalise, pair, slice, truth, qc) and the wall time gives the throughput. ANTs gets
+cores // workers threads per worker, so 1 worker on 2 cores registers with 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from preprocessing.atomic import atomic_write_json  # noqa: E402
+from preprocessing.cohort import STEPS, run_cohort  # noqa: E402
+from preprocessing.demo import build_demo_cohort  # noqa: E402
+
+
+def per_volume_seconds(report: dict) -> dict:
+    """Mean seconds per volume of each step (``step.modality`` timings), overall and per modality."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    by_modality: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in report["subjects"]:
+        for key, seconds in row["seconds_detail"].items():
+            step, _, modality = key.partition(".")
+            if step in STEPS and modality:
+                samples[step].append(seconds)
+                by_modality[step][modality].append(seconds)
+    return {
+        "mean": {step: round(sum(v) / len(v), 3) for step, v in samples.items()},
+        "by_modality": {step: {m: round(sum(v) / len(v), 3) for m, v in modalities.items()}
+                        for step, modalities in by_modality.items()},
+        "volumes": {step: len(v) for step, v in samples.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="JSON file for the results")
+    parser.add_argument("--demo", default=None, help="an existing demo cohort (default: build one)")
+    parser.add_argument("--size", choices=("small", "full"), default="small", help="size of the cohort to build")
+    parser.add_argument("--subjects", type=int, default=4, help="subjects of the cohort to build")
+    parser.add_argument("--config", default="demo", help="configuration name or file (default: demo)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    try:
+        cohort = Path(args.demo) if args.demo else scratch / "cohort"
+        if not args.demo:
+            build_demo_cohort(cohort, args.subjects, args.size, seed=0, progress=False)
+        manifest = json.loads((cohort / "manifest.json").read_text())
+        results = {
+            "machine": {"cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                        "python": platform.python_version(), "load_average_at_start": list(os.getloadavg())},
+            "cohort": {"size": manifest["size"], "subjects": len(manifest["subjects"])},
+            "config": args.config,
+            "runs": [],
+        }
+        for workers in args.workers:
+            output = scratch / f"out-{workers}"
+            start = time.perf_counter()
+            report = run_cohort(args.config, cohort, output, workers=workers, progress=False)
+            wall = time.perf_counter() - start
+            subjects = report["counts"]["ok"]
+            run = {
+                "workers": workers,
+                "ants_threads_per_worker": report["ants_threads_per_worker"],
+                "wall_seconds": round(wall, 1),
+                "subjects_ok": subjects,
+                "subjects_per_minute": round(60 * subjects / wall, 2),
+                "seconds_per_subject": round(wall / max(subjects, 1), 1),
+                "phase_seconds": report["phase_seconds"],
+                "seconds_per_volume": per_volume_seconds(report),
+                "seconds_per_subject_by_step": {
+                    step: round(sum(r["seconds"][step] for r in report["subjects"]) / len(report["subjects"]), 3)
+                    for step in (*STEPS, "total")},
+                "load_average_after": list(os.getloadavg()),
+            }
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            shutil.rmtree(output)
+        atomic_write_json(args.output, results)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

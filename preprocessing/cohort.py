@@ -1,0 +1,1140 @@
+"""The cohort runner: every preprocessing step over every subject of a cohort.
+
+``python -m preprocessing run --config CONFIG --input DIR --output OUT [--workers N]``
+
+Per subject: read (CT DICOM series, MR NIfTI) → register each volume to its modality's reference →
+CT artefact mask → CT windowing (the HU volume is kept too) → MR head mask and normalisation →
+T2 (and other MR) registered onto the subject's own T1 (paired volumes) → slices → QC montages.
+For the demo cohort, the ground truth is also carried into every registered space.
+
+Two phases, because references are cohort-wide:
+
+1. every subject is read (in parallel) and cached as NIfTI under ``OUT/cache``; then, per
+   modality, the reference is chosen (the volume most similar to the others after rigid
+   alignment, or the one named in the configuration) and written to ``OUT/references`` together
+   with the CT artefact mask built on it;
+2. subjects are processed in parallel, each against the references.
+
+Outputs: ``OUT/subjects/<pseudonym>/`` (volumes, masks, transforms, slices, truth, QC), and at the
+root ``dataset.json`` (MONAI datalist, split by subject), ``report.json`` / ``report.csv``. Every
+output file has a provenance sidecar (:mod:`preprocessing.provenance`); subject IDs are
+pseudonyms (:mod:`preprocessing.pseudonym`).
+
+Robustness: a subject that fails (bad file, failed step) is reported with its reason and the
+others go on. A subject is complete when its marker file (written last) matches the hashes of its
+inputs, of the configuration, of the references and of the code; a rerun skips complete subjects
+and redoes the others from scratch, and because every file is written atomically and every
+computation is seeded with a fixed thread count, a run killed at any point and rerun gives the
+same bytes as an uninterrupted run (for the same ``--workers`` on the same machine: ANTs results
+depend on its thread count, which is cores // workers).
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from preprocessing.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from preprocessing.config import config_sha256, load_config, pairing_config, registration_config, slice_size
+from preprocessing.dicom import read_dicom_series, to_canonical
+from preprocessing.errors import InputReadError, PreprocessingError
+from preprocessing.nifti import parse_mr_filename, read_nifti
+from preprocessing.provenance import code_version, file_sha256, files_sha256, input_record, write_sidecar
+from preprocessing.pseudonym import Redactor, dicom_identifiers, pseudonymise_all
+from preprocessing.registration import (
+    RegistrationResult,
+    apply_transforms,
+    choose_reference,
+    configure_determinism,
+    register,
+    save_transforms,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "STATUS_FAILED",
+    "STATUS_OK",
+    "STATUS_SKIPPED",
+    "CohortInputs",
+    "RunnerError",
+    "SubjectSource",
+    "discover_subjects",
+    "run_cohort",
+    "split_subjects",
+]
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped-finished"
+#: Steps timed per subject (report columns), in pipeline order.
+STEPS = ("read", "register", "mask", "window", "normalise", "pair", "slice", "truth", "qc")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_AIR = {"ct": -1000.0}  # value outside the field of view, per modality (0 for MR)
+_TRUTH_MODALITIES = ("ct", "t1", "t2")
+
+
+class RunnerError(RuntimeError):
+    """A problem with the run as a whole (no input found, output in use, a reference that cannot be made)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Input discovery
+
+
+@dataclass
+class SubjectSource:
+    """One subject of the input.
+
+    Attributes:
+        source: the source folder name (or IXI file name stem); never written to any output.
+        subject: the pseudonym.
+        volumes: modality (``ct``, ``t1``, ``t2``...) → DICOM folder or NIfTI file.
+        truth: demo truth folder of the subject, if any.
+        problems: reasons the subject cannot be processed, found while listing the input.
+    """
+
+    source: str
+    subject: str
+    volumes: dict[str, Path]
+    truth: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CohortInputs:
+    """Result of :func:`discover_subjects`.
+
+    Attributes:
+        layout: ``demo``, ``ixi`` or ``cq500``.
+        root: the folder that was listed.
+        subjects: the subjects, sorted by pseudonym.
+        unassigned: input files that belong to no subject, with the reason (file names are redacted).
+    """
+
+    layout: str
+    root: Path
+    subjects: list[SubjectSource]
+    unassigned: list[str] = field(default_factory=list)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def _detect_layout(folder: Path, layout: str) -> tuple[str, Path | None, list[Path], Path | None]:
+    """``(layout, CT root, MR folders, truth root)`` of an input folder."""
+    truth_root = None
+    if layout in ("auto", "demo"):
+        if (folder / "raw").is_dir() and any((folder / "raw" / sub).is_dir() for sub in ("ct", "mri")):
+            truth_root, folder = folder / "truth", folder / "raw"
+        elif folder.name == "raw":
+            truth_root = folder.parent / "truth"
+        if any((folder / sub).is_dir() for sub in ("ct", "mri")):
+            ct_root = folder / "ct" if (folder / "ct").is_dir() else None
+            mr_roots = [folder / "mri"] if (folder / "mri").is_dir() else []
+            return "demo", ct_root, mr_roots, truth_root if truth_root is not None and truth_root.is_dir() else None
+        if layout == "demo":
+            raise InputReadError(folder, "not a demo cohort: expected raw/ct/<subject>/ and raw/mri/<subject>-T1.nii.gz")
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if layout in ("auto", "ixi"):
+        if any(_is_nifti(p) for p in folder.iterdir()):
+            return "ixi", None, [folder], None
+        nifti_folders = [p for p in subfolders if any(_is_nifti(f) for f in p.iterdir())]
+        if nifti_folders:
+            return "ixi", None, nifti_folders, None
+        if layout == "ixi":
+            raise InputReadError(folder, "no NIfTI file (<subject>-<modality>.nii.gz) in the folder or its subfolders")
+    if subfolders:
+        return "cq500", folder, [], None
+    raise InputReadError(folder, "no input found: expected a demo cohort (raw/ct, raw/mri), NIfTI files "
+                                 "(IXI) or one DICOM folder per subject (CQ500, PACS export)")
+
+
+def discover_subjects(input_dir: str | os.PathLike, config: Mapping[str, Any]) -> CohortInputs:
+    """List the subjects of an input folder and give them pseudonyms.
+
+    Layouts (``config["input"]["layout"]``, detected when ``auto``):
+
+    * ``demo``: ``DIR/raw/ct/<subject>/…`` DICOM and ``DIR/raw/mri/<subject>-<T1|T2>.nii.gz``
+      (``DIR`` may be the cohort root or its ``raw/`` folder); ``DIR/truth/<subject>`` if present.
+    * ``ixi``: ``<subject>-<modality>.nii.gz`` files in the folder or in its subfolders
+      (``IXI-T1/``, ``IXI-T2/``).
+    * ``cq500``: one folder per subject, any DICOM tree below it (CT only).
+
+    Args:
+        input_dir: the input folder.
+        config: the run configuration (``input``, ``pseudonym`` sections).
+
+    Returns:
+        The subjects and the input files that could not be assigned to one.
+
+    Raises:
+        InputReadError: the folder does not exist or holds nothing recognisable.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputReadError(root, "input folder does not exist" if not root.exists() else "input is not a folder")
+    layout, ct_root, mr_roots, truth_root = _detect_layout(root, config["input"]["layout"])
+    wanted = config["input"]["modalities"]
+    volumes: dict[str, dict[str, Path]] = {}
+    problems: dict[str, list[str]] = {}
+    unassigned: list[tuple[Path, str]] = []
+
+    if ct_root is not None and (wanted is None or "ct" in wanted):
+        for folder in sorted(p for p in ct_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            volumes.setdefault(folder.name, {})["ct"] = folder
+    for mr_root in mr_roots:
+        for path in sorted(p for p in mr_root.iterdir() if _is_nifti(p)):
+            try:
+                source, modality = parse_mr_filename(path)
+            except InputReadError as error:
+                unassigned.append((path, error.reason))
+                continue
+            modality = modality.lower()
+            if wanted is not None and modality not in wanted:
+                continue
+            existing = volumes.setdefault(source, {}).get(modality)
+            if existing is not None:
+                problems.setdefault(source, []).append(
+                    f"{path.name}: {modality.upper()} of this subject is also in {existing.name}")
+                continue
+            volumes[source][modality] = path
+
+    pseudonym = config["pseudonym"]
+    salt = pseudonym["salt"]
+    if pseudonym.get("salt_env") and os.environ.get(pseudonym["salt_env"]):
+        salt = os.environ[pseudonym["salt_env"]]
+    names = pseudonymise_all(sorted(volumes), salt, pseudonym["prefix"], pseudonym["length"])
+    subjects = []
+    for source in sorted(volumes):
+        truth = None
+        if truth_root is not None and config["input"]["truth"] and (truth_root / source).is_dir():
+            truth = truth_root / source
+        subjects.append(SubjectSource(source, names[source], dict(sorted(volumes[source].items())), truth,
+                                      problems.get(source, [])))
+    subjects.sort(key=lambda s: s.subject)
+    redact = Redactor(names, anywhere={str(root): "<input>"})
+    messages = [redact(f"{path.relative_to(root)}: {why}") for path, why in unassigned]
+    return CohortInputs(layout, root, subjects, messages)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared by the phases
+
+
+def _hash_input(path: Path) -> str:
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return files_sha256(files, path)
+    return file_sha256(path)
+
+
+def _write_image(image: sitk.Image, path: Path) -> Path:
+    atomic_write_with(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
+    return path
+
+
+def _read_image(path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+def _like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _reason(error: BaseException, redact: Redactor) -> str:
+    """One line naming the file and the problem, with source names and identifiers redacted."""
+    if isinstance(error, PreprocessingError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return redact(" ".join(text.split()))
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+class _CachedVolumes(Mapping):
+    """Read-only mapping name → cached volume that reads each file on access.
+
+    :func:`preprocessing.registration.choose_reference` reads every candidate once and keeps only
+    a downsampled copy; reading lazily keeps one full-size volume in memory at a time.
+    """
+
+    def __init__(self, paths: Mapping[str, str]):
+        self._paths = dict(paths)
+
+    def __getitem__(self, name: str) -> sitk.Image:
+        return _read_image(Path(self._paths[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the runner dies, so that a killed run leaves no orphan writing files."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:  # not Linux: orphans finish their subject, which atomic writes make harmless
+        pass
+
+
+def _init_worker(seed: int, threads: int) -> None:
+    """Worker initialiser: fixed thread counts and seeds before anything imports ANTs or torch."""
+    _die_with_parent()
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    configure_determinism(seed=seed, threads=threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _read_job(job: dict) -> dict:
+    """Phase 1 for one subject: hash the inputs and read every volume into the cache."""
+    start = time.perf_counter()
+    redact = Redactor(job["names"], anywhere=job["anywhere"])
+    cache = Path(job["cache"])
+    volumes = {m: Path(p) for m, p in job["volumes"].items()}
+    identifiers: set[str] = set()
+    if "ct" in volumes:
+        identifiers = dicom_identifiers(volumes["ct"], max_files=5)
+        redact = redact.extended(identifiers=identifiers)
+    result: dict[str, Any] = {"subject": job["subject"], "identifiers": sorted(identifiers), "seconds": {}}
+    try:
+        if job["problems"]:
+            raise PreprocessingError(None, "; ".join(job["problems"]))
+        hashes = {m: _hash_input(p) for m, p in volumes.items()}
+        if job["truth"]:
+            truth = Path(job["truth"])
+            hashes["truth"] = files_sha256([p for p in truth.rglob("*") if p.is_file()], truth)
+        marker = cache / "read.json"
+        cached = json.loads(marker.read_text()) if marker.is_file() else None
+        if cached is not None and cached.get("inputs_sha256") == hashes and all(
+                (cache / f"{m}.nii").is_file() for m in volumes):
+            metadata = cached["metadata"]
+        else:
+            metadata = {}
+            for modality, path in volumes.items():
+                step = time.perf_counter()
+                if modality == "ct":
+                    image, info = read_dicom_series(path, job["dicom"])
+                    metadata[modality] = {k: info[k] for k in ("series_description", "number_of_slices",
+                                                               "slice_thickness_mm", "kvp", "findings") if k in info}
+                else:
+                    image = read_nifti(path)
+                    metadata[modality] = {"file": redact(path.name)}
+                image = sitk.Cast(image, sitk.sitkFloat32)
+                metadata[modality].update(size=list(image.GetSize()), spacing=[round(s, 6) for s in image.GetSpacing()])
+                _write_image_plain(image, cache / f"{modality}.nii")
+                result["seconds"][f"read.{modality}"] = time.perf_counter() - step
+            # Reader findings name files; a source folder name must not ride along.
+            metadata = json.loads(redact(json.dumps(metadata)))
+            atomic_write_json(marker, {"subject": job["subject"], "inputs_sha256": hashes, "metadata": metadata})
+        result.update(status=STATUS_OK, inputs_sha256=hashes, metadata=metadata)
+    except Exception as error:  # one subject's failure must not stop the cohort
+        result.update(status=STATUS_FAILED, reason=_reason(error, redact))
+    result["seconds"]["read"] = time.perf_counter() - start
+    return result
+
+
+def _write_image_plain(image: sitk.Image, path: Path) -> None:
+    """Uncompressed NIfTI for the cache: read back several times, compression would only cost time."""
+    atomic_write_with(path, lambda tmp: sitk.WriteImage(image, str(tmp), False))
+
+
+def _load_reference_image(spec: str) -> sitk.Image:
+    path = Path(spec)
+    if path.name.lower().endswith(_NIFTI_SUFFIXES):
+        return read_nifti(path)
+    image, _ = to_canonical(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32), 0.0)
+    return image
+
+
+def _build_artefact_mask(ct_hu: sitk.Image, options: Mapping[str, Any]) -> tuple[sitk.Image, dict]:
+    """Keep-mask (1 = head; holder, couch and air 0) of a CT as a uint8 image on its grid, and its info."""
+    from preprocessing.artefact_mask import build_artefact_mask
+
+    mask, info = build_artefact_mask(sitk.GetArrayFromImage(ct_hu), **dict(options))
+    return _like(mask.astype(np.uint8), ct_hu), _jsonable(info)
+
+
+def _apply_artefact_mask(ct_hu: sitk.Image, mask: sitk.Image, outside_hu: float) -> sitk.Image:
+    from preprocessing.artefact_mask import apply_artefact_mask
+
+    masked = apply_artefact_mask(sitk.GetArrayFromImage(ct_hu), sitk.GetArrayFromImage(mask) > 0, outside_hu)
+    return _like(masked.astype(np.float32), ct_hu)
+
+
+def _reference_job(job: dict) -> dict:
+    """Choose, write and (CT) mask the reference of one modality."""
+    modality = job["modality"]
+    output = Path(job["output"])
+    config = job["config"]
+    candidates = job["candidates"]  # pseudonym -> cache path
+    reg = registration_config(config, modality)
+    if reg.reference is not None and reg.reference not in candidates and not os.path.isfile(reg.reference):
+        raise RunnerError(f"registration reference of {modality} ({reg.reference!r}) is neither a subject of "
+                          "this cohort that was read successfully nor an existing image file")
+    choice = choose_reference(_CachedVolumes(candidates), reg)
+    if choice in candidates:
+        image = _read_image(Path(candidates[choice]))
+        description = {"kind": "subject", "subject": choice}
+        inputs = [input_record(candidates[choice], f"cache/{choice}/{modality}.nii", "reference volume")]
+    else:
+        image = _load_reference_image(choice)
+        description = {"kind": "file", "file": Path(choice).name}
+        inputs = [input_record(choice, Path(choice).name, "reference file")]
+    folder = output / "references"
+    image_path = _write_image(image, folder / f"reference_{modality}.nii.gz")
+    parameters = {"modality": modality, "choice": description, "candidates": sorted(candidates),
+                  "registration": _jsonable(reg.__dict__)}
+    write_sidecar(image_path, "choose_reference", inputs, parameters)
+    record = {**description, "image": image_path.name, "image_sha256": file_sha256(image_path)}
+    if modality == "ct" and config["artefact"]["enabled"] and config["artefact"]["mode"] == "reference":
+        mask, info = _build_artefact_mask(image, config["artefact"]["options"])
+        mask_path = _write_image(mask, folder / "reference_ct_mask.nii.gz")
+        write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
+                      {"options": config["artefact"]["options"], "result": info})
+        record.update(mask=mask_path.name, mask_sha256=file_sha256(mask_path))
+    return record
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 2: one subject
+
+
+class _Timer:
+    """Accumulates seconds per ``step.modality`` key."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+class _SubjectWriter:
+    """Writes one subject's files, each with its provenance sidecar, and remembers them for the dataset entry."""
+
+    def __init__(self, output: Path, folder: Path):
+        self.output = output
+        self.folder = folder
+        self.files: list[Path] = []
+
+    def image(self, image: sitk.Image, name: str, step: str, inputs: list[dict], parameters: dict) -> Path:
+        path = _write_image(image, self.folder / name)
+        self.track(path, step, inputs, parameters)
+        return path
+
+    def track(self, path: Path, step: str, inputs: list[dict], parameters: dict) -> None:
+        write_sidecar(path, step, inputs, _jsonable(parameters))
+        self.files.append(path)
+
+    def record(self, path: Path, role: str) -> dict:
+        """Input record of a file this subject already wrote."""
+        return input_record(path, _relative(path, self.output), role)
+
+    def relative(self, path: Path) -> str:
+        return _relative(path, self.output)
+
+
+def _identity_result(image: sitk.Image) -> RegistrationResult:
+    """Registration result of the reference onto itself: an identity affine in ANTs' own format."""
+    import ants
+
+    workdir = tempfile.TemporaryDirectory(prefix="registration-")
+    path = os.path.join(workdir.name, "0GenericAffine.mat")
+    ants.write_transform(ants.new_ants_transform(precision="float", dimension=3, transform_type="AffineTransform"), path)
+    metrics = {"ncc_before": 1.0, "ncc_after": 1.0}
+    return RegistrationResult(image, [path], [path], [True], metrics, workdir)
+
+
+def _save_transforms(result: RegistrationResult, folder: Path, prefix: str) -> RegistrationResult:
+    """Save the transforms with the similarity metrics but without the wall time.
+
+    The manifest is an output like any other and must be byte-identical between runs; the time
+    goes to the report instead.
+    """
+    metrics = {k: round(float(v), 6) for k, v in result.metrics.items() if k != "seconds"}
+    return save_transforms(dataclasses.replace(result, metrics=metrics), folder, prefix=prefix)
+
+
+def _warp(image: sitk.Image, grid: sitk.Image, transforms: list[str], interpolator: str, default: float) -> sitk.Image:
+    """``image`` onto ``grid`` through ANTs transform files (none: by physical position)."""
+    if transforms:
+        return apply_transforms(image, grid, transforms, interpolator, default_value=default)
+    method = sitk.sitkNearestNeighbor if interpolator in ("nearestNeighbor", "genericLabel") else sitk.sitkLinear
+    pixel = image.GetPixelID() if method == sitk.sitkNearestNeighbor else sitk.sitkFloat32
+    return sitk.Resample(image, grid, sitk.Transform(), method, default, pixel)
+
+
+def _by_position(image: sitk.Image, grid: sitk.Image, default: float) -> sitk.Image:
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+
+
+def _truth_volumes(truth: Path) -> dict[str, Any]:
+    """The demo truth of one subject: arrays on the truth grid, poses, raw CT grid and labels."""
+    import nibabel as nib
+
+    from preprocessing.demo.grid import grid_from_affine_ras
+    from preprocessing.demo.pose import Pose
+
+    def load(name: str) -> tuple[Any, np.ndarray]:
+        image = nib.load(str(truth / name))
+        return grid_from_affine_ras(image.shape, image.affine), np.asarray(image.dataobj)
+
+    grid, labels = load("labels.nii.gz")
+    arrays = {m: load(f"{m}.nii.gz")[1].astype(np.float32) for m in _TRUTH_MODALITIES}
+    poses = {m: Pose.from_dict(d) for m, d in json.loads((truth / "pose.json").read_text()).items()}
+    ct_grid, ct_labels = load("ct_raw_labels.nii.gz")
+    return {"grid": grid, "arrays": arrays, "labels": labels, "poses": poses, "ct_grid": ct_grid, "ct_labels": ct_labels}
+
+
+def _grid_image(array: np.ndarray, grid: Any) -> sitk.Image:
+    """A demo ``Grid`` array (indexed [i, j, k]) as a SimpleITK image with the grid's geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+    image.SetSpacing([float(s) for s in grid.spacing])
+    image.SetOrigin([float(o) for o in grid.origin])
+    image.SetDirection(np.asarray(grid.direction, dtype=float).ravel().tolist())
+    return image
+
+
+def _raw_grid(modality: str, truth: dict, volume_path: Path) -> Any:
+    if modality == "ct":
+        return truth["ct_grid"]
+    import nibabel as nib
+
+    from preprocessing.demo.grid import grid_from_affine_ras
+
+    header = nib.load(str(volume_path))
+    return grid_from_affine_ras(header.shape, header.affine)
+
+
+def _process_job(job: dict) -> dict:
+    """Phase 2 for one subject; never raises (failures are returned with their reason)."""
+    redact = Redactor(job["names"], job["identifiers"], job["anywhere"])
+    timer = _Timer()
+    result: dict[str, Any] = {"subject": job["subject"]}
+    folder = Path(job["output"]) / "subjects" / job["subject"]
+    try:
+        with timer("total"):
+            entry, metrics = _process_subject(job, folder, timer)
+        result.update(status=STATUS_OK, entry=entry, metrics=metrics)
+    except Exception as error:  # isolate the failure: report it, leave no half-made subject behind
+        logger.debug("subject %s failed", job["subject"], exc_info=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        result.update(status=STATUS_FAILED, reason=_reason(error, redact))
+    result["seconds"] = timer.seconds
+    return result
+
+
+def _process_subject(job: dict, folder: Path, timer: _Timer) -> tuple[dict, dict]:
+    from preprocessing.normalization import head_mask_mr, percentile_normalize, zscore_normalize
+    from preprocessing.qc import RegistrationView, artefact_montage, registration_montage, slice_strip
+    from preprocessing.slices import extract_slices, save_slices
+    from preprocessing.windowing import get_window, hu_to_window
+
+    config = job["config"]
+    output = Path(job["output"])
+    subject = job["subject"]
+    cache = output / "cache" / subject
+    references = job["references"]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    writer = _SubjectWriter(output, folder)
+    transforms_dir = folder / "transforms"
+    modalities = list(job["modalities"])
+    raw = {m: _read_image(cache / f"{m}.nii") for m in modalities}
+    raw_inputs = {m: [input_record(cache / f"{m}.nii", f"{subject}/{m}", "input volume",
+                                   sha256=job["inputs_sha256"][m])] for m in modalities}
+    entry: dict[str, Any] = {"subject": subject}
+    metrics: dict[str, Any] = {"registration": {}}
+    registered: dict[str, sitk.Image] = {}  # on the output grid, before masking / normalisation
+    forward: dict[str, list[str]] = {}
+    volumes: dict[str, sitk.Image] = {}  # final volumes per output key
+    masks: dict[str, sitk.Image] = {}
+    qc_views = []
+
+    # --- registration to the modality references ----------------------------------------------
+    for modality in modalities:
+        air = _AIR.get(modality, 0.0)
+        with timer(f"register.{modality}"):
+            reference = references.get(modality)
+            if reference is None:  # registration disabled: the subject's own grid
+                registered[modality], forward[modality] = raw[modality], []
+                continue
+            fixed = _read_image(output / "references" / reference["image"])
+            reg = registration_config(config, modality)
+            fixed_mask = None
+            if modality == "ct" and reference.get("mask"):
+                fixed_mask = _read_image(output / "references" / reference["mask"])
+            if reference.get("subject") == subject:
+                result = _identity_result(raw[modality])
+            else:
+                result = register(raw[modality], fixed, reg, fixed_mask=fixed_mask)
+            result = _save_transforms(result, transforms_dir, f"{modality}_to_reference_")
+            registered[modality] = result.warped
+            forward[modality] = list(result.forward_transforms)
+            metrics["registration"][modality] = dict(result.metrics)
+            metrics["registration"][modality]["reference"] = reference.get("subject") == subject
+            for path in sorted(transforms_dir.glob(f"{modality}_to_reference_*")):
+                if not path.name.endswith(".provenance.json"):
+                    writer.track(path, "register", raw_inputs[modality] + [
+                        input_record(output / "references" / reference["image"], f"references/{reference['image']}",
+                                     "fixed", sha256=reference["image_sha256"])], {"registration": reg.__dict__})
+            entry[f"{modality}_transforms"] = writer.relative(transforms_dir / f"{modality}_to_reference_transforms.json")
+            qc_views.append(RegistrationView(modality, fixed, _by_position(raw[modality], fixed, air), result.warped))
+
+    # --- CT: artefact mask and windowing ------------------------------------------------------
+    if "ct" in modalities:
+        ct = registered["ct"]
+        artefact = config["artefact"]
+        with timer("mask.ct"):
+            if artefact["enabled"]:
+                if artefact["mode"] == "reference" and references.get("ct", {}).get("mask"):
+                    keep = _read_image(output / "references" / references["ct"]["mask"])
+                    mask_inputs = [input_record(output / "references" / references["ct"]["mask"],
+                                                f"references/{references['ct']['mask']}", "reference artefact mask",
+                                                sha256=references["ct"]["mask_sha256"])]
+                else:
+                    keep, info = _build_artefact_mask(ct, artefact["options"])
+                    metrics["artefact_mask"] = info
+                    mask_inputs = []
+                masked = _apply_artefact_mask(ct, keep, float(artefact["outside_hu"]))
+            else:
+                keep = _like(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8), ct)
+                masked, mask_inputs = ct, []
+            mask_path = writer.image(keep, f"{subject}_ct_mask.nii.gz", "artefact_mask", mask_inputs,
+                                     {"artefact": artefact})
+            hu_path = writer.image(masked, f"{subject}_ct_hu.nii.gz", "artefact_mask",
+                                   raw_inputs["ct"] + [writer.record(mask_path, "keep mask")],
+                                   {"artefact": artefact, "transforms": [Path(t).name for t in forward["ct"]]})
+        with timer("window.ct"):
+            window = get_window(config["ct"]["window"])
+            windowed = _like(np.asarray(hu_to_window(sitk.GetArrayFromImage(masked), window,
+                                                     config["ct"]["out_range"]), dtype=np.float32), masked)
+            ct_path = writer.image(windowed, f"{subject}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
+                                   {"window": window.to_dict(), "out_range": config["ct"]["out_range"]})
+        entry.update(ct=writer.relative(ct_path), ct_hu=writer.relative(hu_path), ct_mask=writer.relative(mask_path))
+        volumes["ct"], masks["ct"] = windowed, keep
+        with timer("qc"):
+            if config["qc"]["enabled"]:
+                qc_path = artefact_montage(ct, keep, masked, folder / "qc" / f"{subject}_artefact.png",
+                                           title=f"{subject}: CT artefact mask")
+                writer.track(qc_path, "qc", [writer.record(mask_path, "keep mask")], {})
+
+    # --- MR: head mask and normalisation ------------------------------------------------------
+    normalization = config["mr"]["normalization"]
+
+    def normalise(image: sitk.Image, mask: np.ndarray) -> sitk.Image:
+        array = sitk.GetArrayFromImage(image)
+        if normalization["method"] == "zscore":
+            values = zscore_normalize(array, mask)
+        else:
+            values = percentile_normalize(array, mask, normalization["lower"], normalization["upper"],
+                                          normalization["out_range"], outside_value=normalization["out_range"][0])
+        return _like(np.asarray(values, dtype=np.float32), image)
+
+    for modality in (m for m in modalities if m != "ct"):
+        with timer(f"normalise.{modality}"):
+            head = head_mask_mr(sitk.GetArrayFromImage(registered[modality]), **config["mr"]["head_mask"])
+            mask_image = _like(head.astype(np.uint8), registered[modality])
+            mask_path = writer.image(mask_image, f"{subject}_{modality}_mask.nii.gz", "head_mask",
+                                     raw_inputs[modality], {"head_mask": config["mr"]["head_mask"]})
+            normalised = normalise(registered[modality], head)
+            path = writer.image(normalised, f"{subject}_{modality}.nii.gz", "normalise",
+                                raw_inputs[modality] + [writer.record(mask_path, "head mask")],
+                                {"normalization": normalization, "transforms": [Path(t).name for t in forward[modality]]})
+        entry.update({modality: writer.relative(path), f"{modality}_mask": writer.relative(mask_path)})
+        volumes[modality], masks[modality] = normalised, mask_image
+
+    # --- pairing: other MR onto the subject's own T1 -----------------------------------------
+    pairing = config["pairing"]
+    fixed_modality = pairing["fixed"]
+    if pairing["enabled"] and fixed_modality in modalities:
+        pair_reg = pairing_config(config)
+        for moving in (m for m in pairing["moving"] if m in modalities):
+            key = f"{moving}_in_{fixed_modality}"
+            with timer(f"pair.{moving}"):
+                result = register(raw[moving], raw[fixed_modality], pair_reg)
+                result = _save_transforms(result, transforms_dir, f"{moving}_to_{fixed_modality}_")
+                metrics["registration"][key] = dict(result.metrics)
+                for path in sorted(transforms_dir.glob(f"{moving}_to_{fixed_modality}_*")):
+                    if not path.name.endswith(".provenance.json"):
+                        writer.track(path, "pair", raw_inputs[moving] + raw_inputs[fixed_modality],
+                                     {"registration": pair_reg.__dict__})
+                # One resampling from the raw volume: through the pair transform into the raw T1,
+                # then through T1's transforms into the T1 reference space.
+                chain = forward[fixed_modality] + list(result.forward_transforms)
+                paired = _warp(raw[moving], registered[fixed_modality], chain, "linear", 0.0)
+                normalised = normalise(paired, sitk.GetArrayFromImage(masks[fixed_modality]) > 0)
+                path = writer.image(normalised, f"{subject}_{key}.nii.gz", "pair",
+                                    raw_inputs[moving] + [writer.record(folder / Path(entry[f"{fixed_modality}_mask"]).name,
+                                                                        "head mask")],
+                                    {"normalization": normalization, "transforms": [Path(t).name for t in chain]})
+            entry.update({key: writer.relative(path), f"{key}_mask": entry[f"{fixed_modality}_mask"],
+                          f"{key}_transforms": writer.relative(transforms_dir / f"{moving}_to_{fixed_modality}_transforms.json")})
+            volumes[key], masks[key] = normalised, masks[fixed_modality]
+            qc_views.append(RegistrationView(f"{moving} -> own {fixed_modality}", registered[fixed_modality],
+                                             _by_position(raw[moving], registered[fixed_modality], 0.0), paired))
+
+    # --- slices -------------------------------------------------------------------------------
+    strips: dict[str, list[np.ndarray]] = {}
+    if config["slices"]["enabled"]:
+        spec = config["slices"]
+        for key, volume in volumes.items():
+            with timer(f"slice.{key}"):
+                out_range = config["ct"]["out_range"] if key == "ct" else normalization["out_range"]
+                intensity = None if key != "ct" and normalization["method"] == "zscore" else out_range
+                array_shape = sitk.GetArrayViewFromImage(volume).shape
+                from preprocessing.slices import resolve_axis
+
+                axis = resolve_axis(spec["axis"], volume.GetDirection())
+                in_plane = tuple(n for a, n in enumerate(array_shape) if a != axis)
+                slices, geometries = extract_slices(
+                    volume, spec["axis"], spec["selection"], sitk.GetArrayFromImage(masks[key]) > 0,
+                    spec["neighbours"], slice_size(config, in_plane), intensity_range=intensity,
+                    out_range=out_range if intensity is not None else (-1.0, 1.0), interpolation=spec["interpolation"])
+                paths = save_slices(slices, geometries, folder / "slices" / key, f"{subject}_{key}", spec["compress"])
+                source = writer.record(folder / Path(entry[key]).name, "volume")
+                for path in paths:
+                    writer.track(path, "slice", [source], {"slices": spec, "output_shape": list(geometries[0].output_shape)})
+                entry[f"{key}_slices"] = [writer.relative(p) for p in paths[:-1]]
+                entry[f"{key}_slice_index"] = writer.relative(paths[-1])
+                strips[key] = slices
+
+    # --- truth of the demo cohort, in every registered space ----------------------------------
+    if job["truth"]:
+        truth = _truth_volumes(Path(job["truth"]))
+        for modality in (m for m in modalities if m in _TRUTH_MODALITIES):
+            with timer(f"truth.{modality}"):
+                grid = _raw_grid(modality, truth, Path(job["volumes"][modality]))
+                pose = truth["poses"][modality]
+                from preprocessing.demo.pose import render_in_raw
+
+                truth_inputs = [{"name": f"truth/{subject}", "role": "demo truth", "sha256": job["inputs_sha256"]["truth"]}]
+                for other in (n for n in _TRUTH_MODALITIES if n != modality):
+                    air = _AIR.get(other, 0.0)
+                    rendered = render_in_raw(truth["arrays"][other], truth["grid"], pose, grid, order=1, cval=air)
+                    image = _warp(_grid_image(rendered, grid), registered[modality], forward[modality], "linear", air)
+                    path = writer.image(image, f"{subject}_truth_{other}_in_{modality}.nii.gz", "truth", truth_inputs,
+                                        {"transforms": [Path(t).name for t in forward[modality]]})
+                    entry[f"truth_{other}_in_{modality}"] = writer.relative(path)
+                if modality == "ct":
+                    labels = truth["ct_labels"]
+                else:
+                    labels = render_in_raw(truth["labels"], truth["grid"], pose, grid, order=0, cval=0)
+                image = _warp(_grid_image(labels.astype(np.uint8), grid), registered[modality], forward[modality],
+                              "genericLabel", 0)
+                path = writer.image(sitk.Cast(image, sitk.sitkUInt8), f"{subject}_truth_labels_in_{modality}.nii.gz",
+                                    "truth", truth_inputs, {"transforms": [Path(t).name for t in forward[modality]]})
+                entry[f"truth_labels_in_{modality}"] = writer.relative(path)
+
+    # --- QC -----------------------------------------------------------------------------------
+    if config["qc"]["enabled"]:
+        with timer("qc"):
+            if qc_views:
+                path = registration_montage(qc_views, folder / "qc" / f"{subject}_registration.png",
+                                            title=f"{subject}: registration (contours of the reference)")
+                writer.track(path, "qc", [], {})
+            if strips:
+                path = slice_strip(strips, folder / "qc" / f"{subject}_slices.png", title=f"{subject}: extracted slices",
+                                   n_slices=config["qc"]["slices_in_strip"])
+                writer.track(path, "qc", [], {})
+    return entry, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def split_subjects(subjects: list[str], fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:
+    """Assign subjects to training / validation / test.
+
+    The subjects are sorted, shuffled with ``seed`` and cut by ``fractions`` (largest remainder
+    rounding). With three subjects or more, every split of positive fraction gets at least one
+    subject (taken from the largest split).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, each list sorted.
+    """
+    names = ("training", "validation", "test")
+    order = sorted(subjects)
+    np.random.default_rng(seed).shuffle(order)
+    n = len(order)
+    exact = [fractions[k] * n for k in names]
+    counts = [int(np.floor(v)) for v in exact]
+    for index in sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))[: n - sum(counts)]:
+        counts[index] += 1
+    if n >= 3:
+        for index in range(3):
+            if fractions[names[index]] > 0 and counts[index] == 0:
+                counts[int(np.argmax(counts))] -= 1
+                counts[index] = 1
+    splits, start = {}, 0
+    for name, count in zip(names, counts):
+        splits[name] = sorted(order[start : start + count])
+        start += count
+    return splits
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    output.mkdir(parents=True, exist_ok=True)
+    handle = open(output / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunnerError(f"another run is writing to {output}") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _remove_stray_temporaries(output: Path) -> None:
+    """Temporary files of a killed run (see preprocessing.atomic) are garbage: remove them."""
+    for path in output.rglob(".tmp-*"):
+        if path.is_file():
+            path.unlink()
+
+
+def _complete(output: Path, subject: str, key: str) -> dict | None:
+    """The marker of a subject finished with resume ``key`` whose files all exist, else None."""
+    marker = output / "subjects" / subject / f"{subject}_subject.json"
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    if record.get("key") != key:
+        return None
+    for name, size in record.get("files", {}).items():
+        path = output / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return record
+
+
+def _core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_cohort(
+    config: str | os.PathLike | Mapping[str, Any],
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess a cohort (see the module docstring).
+
+    Args:
+        config: a shipped configuration name, a YAML/JSON path, or a mapping (see :mod:`preprocessing.config`).
+        input_dir: the input folder (demo cohort, IXI folder or CQ500-like DICOM tree).
+        output_dir: the output folder (created if needed; a previous run's outputs are reused
+            where complete).
+        workers: parallel processes (default: one per core); ANTs gets cores // workers threads each.
+        progress: show progress bars on stderr.
+
+    Returns:
+        The report (also written to ``report.json``).
+
+    Raises:
+        ConfigError: an invalid configuration.
+        InputReadError: the input folder does not exist or holds nothing recognisable.
+        RunnerError: another run writes to the output, or a reference cannot be made.
+    """
+    from tqdm import tqdm
+
+    config = load_config(config)
+    output = Path(output_dir)
+    inputs = discover_subjects(input_dir, config)
+    if not inputs.subjects:
+        raise RunnerError(f"no subject found in the input ({inputs.layout} layout)")
+    cores = _core_count()
+    workers = max(1, int(workers or cores))
+    threads = max(1, cores // workers)
+    names = {s.source: s.subject for s in inputs.subjects}
+    # The configuration is copied into sidecars and may name a reference subject by its source
+    # folder name: from here on it speaks of pseudonyms only.
+    config = json.loads(Redactor(names)(json.dumps(config)))
+    config_hash = config_sha256(config)
+    anywhere = {str(inputs.root.resolve()): "<input>", str(inputs.root): "<input>"}
+    code = code_version()
+    start = time.perf_counter()
+
+    with _output_lock(output):
+        _remove_stray_temporaries(output)
+        context = get_context("spawn")
+        pool_size = max(1, min(workers, len(inputs.subjects)))
+        with ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker,
+                                 initargs=(int(config["seed"]), threads)) as pool:
+            # --- phase 1: read every subject -----------------------------------------------------
+            phases = {"start_workers_and_read": time.perf_counter()}
+            reads: dict[str, dict] = {}
+            jobs = {}
+            for source in inputs.subjects:
+                job = {"subject": source.subject, "volumes": {m: str(p) for m, p in source.volumes.items()},
+                       "truth": str(source.truth) if source.truth else None, "problems": source.problems,
+                       "cache": str(output / "cache" / source.subject), "dicom": config["input"]["dicom"],
+                       "names": names, "anywhere": anywhere}
+                jobs[pool.submit(_read_job, job)] = source.subject
+            for future in tqdm(as_completed(jobs), total=len(jobs), desc="read", unit="subject", disable=not progress):
+                reads[jobs[future]] = future.result()
+
+            # --- references ----------------------------------------------------------------------
+            phases["references"] = time.perf_counter()
+            references = _prepare_references(pool, config, inputs, reads, output)
+
+            # --- phase 2: process subjects -------------------------------------------------------
+            phases["process"] = time.perf_counter()
+            results: dict[str, dict] = {}
+            inputs_metadata: dict[str, dict] = {}
+            jobs = {}
+            for source in inputs.subjects:
+                read = reads[source.subject]
+                if read["status"] != STATUS_OK:
+                    results[source.subject] = {"subject": source.subject, "status": STATUS_FAILED,
+                                               "reason": read["reason"], "seconds": read["seconds"]}
+                    continue
+                inputs_metadata[source.subject] = read["metadata"]
+                modalities = sorted(source.volumes, key=lambda m: (m != "ct", m))
+                used = {m: references[m] for m in modalities if m in references}
+                key = _sha(json.dumps({"config": config_hash, "inputs": read["inputs_sha256"], "code": code,
+                                       "references": used}, sort_keys=True))
+                done = _complete(output, source.subject, key)
+                if done is not None:
+                    # Its time in this run: checking the inputs' hashes (phase 1) only.
+                    results[source.subject] = {"subject": source.subject, "status": STATUS_SKIPPED,
+                                               "entry": done["entry"], "metrics": done["metrics"],
+                                               "seconds": read["seconds"]}
+                    continue
+                job = {"subject": source.subject, "output": str(output), "config": config, "modalities": modalities,
+                       "volumes": {m: str(p) for m, p in source.volumes.items()}, "references": used,
+                       "truth": str(source.truth) if source.truth else None, "inputs_sha256": read["inputs_sha256"],
+                       "names": names, "anywhere": anywhere, "identifiers": read["identifiers"], "key": key,
+                       "read_seconds": read["seconds"]}
+                jobs[pool.submit(_process_job, job)] = job
+            for future in tqdm(as_completed(jobs), total=len(jobs), desc="process", unit="subject",
+                               disable=not progress):
+                job = jobs[future]
+                result = future.result()
+                result["seconds"] = {**job["read_seconds"], **result["seconds"]}
+                if result["status"] == STATUS_OK:
+                    _write_marker(output, job, result)
+                results[job["subject"]] = result
+
+    phases["end"] = time.perf_counter()
+    for subject, metadata in inputs_metadata.items():
+        results[subject]["inputs"] = metadata
+    marks = list(phases.items())
+    phase_seconds = {name: round(marks[i + 1][1] - when, 3) for i, (name, when) in enumerate(marks[:-1])}
+    report = _write_cohort_outputs(config, config_hash, inputs, references, results, output, workers, threads,
+                                   time.perf_counter() - start, phase_seconds)
+    return report
+
+
+def _prepare_references(pool: ProcessPoolExecutor, config: dict, inputs: CohortInputs, reads: dict[str, dict],
+                        output: Path) -> dict[str, dict]:
+    """Choose (or reuse) the reference of every modality; returns ``{modality: record}``."""
+    if not config["registration"]["enabled"]:
+        return {}
+    candidates: dict[str, dict[str, str]] = {}
+    hashes: dict[str, dict[str, str]] = {}
+    for source in inputs.subjects:
+        read = reads[source.subject]
+        if read["status"] != STATUS_OK:
+            continue
+        for modality in source.volumes:
+            candidates.setdefault(modality, {})[source.subject] = str(output / "cache" / source.subject / f"{modality}.nii")
+            hashes.setdefault(modality, {})[source.subject] = read["inputs_sha256"][modality]
+    record_path = output / "references" / "references.json"
+    previous = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    references: dict[str, dict] = {}
+    jobs = {}
+    for modality in sorted(candidates):
+        key = _sha(json.dumps({"candidates": hashes[modality], "code": code_version(),
+                               "registration": _jsonable(registration_config(config, modality).__dict__),
+                               "artefact": config["artefact"] if modality == "ct" else None}, sort_keys=True))
+        old = previous.get(modality)
+        if old is not None and old.get("key") == key and (output / "references" / old["image"]).is_file() and (
+                not old.get("mask") or (output / "references" / old["mask"]).is_file()):
+            references[modality] = old
+            continue
+        job = {"modality": modality, "output": str(output), "config": config, "candidates": candidates[modality]}
+        jobs[pool.submit(_reference_job, job)] = (modality, key)
+    for future in as_completed(jobs):
+        modality, key = jobs[future]
+        try:
+            references[modality] = {**future.result(), "key": key}
+        except RunnerError:
+            raise
+        except Exception as error:  # without its reference, no subject of the modality can be processed
+            raise RunnerError(f"cannot make the {modality} reference: {error}") from error
+    references = dict(sorted(references.items()))
+    atomic_write_json(record_path, references)
+    return references
+
+
+def _write_marker(output: Path, job: dict, result: dict) -> None:
+    """The subject's completion record, written last: what a rerun checks before skipping it."""
+    subject = job["subject"]
+    folder = output / "subjects" / subject
+    files = {_relative(p, output): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    atomic_write_json(folder / f"{subject}_subject.json", {
+        "subject": subject, "key": job["key"], "entry": result["entry"], "metrics": result["metrics"], "files": files,
+    })
+
+
+def _step_totals(seconds: Mapping[str, float]) -> dict[str, float]:
+    """Seconds per step (summed over modalities) and in total, from ``step.modality`` keys.
+
+    ``read`` is the whole of phase 1 (its ``read.<modality>`` entries are parts of it); ``total``
+    adds phase 1 and phase 2.
+    """
+    totals = {step: 0.0 for step in STEPS}
+    for key, value in seconds.items():
+        step, _, part = key.partition(".")
+        if step in totals and step != "read":
+            totals[step] += value
+    totals["read"] = seconds.get("read", 0.0)
+    totals["total"] = seconds.get("read", 0.0) + seconds.get("total", 0.0)
+    return {k: round(v, 3) for k, v in totals.items()}
+
+
+def _write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, references: dict, results: dict,
+                          output: Path, workers: int, threads: int, seconds: float, phases: dict[str, float]) -> dict:
+    from preprocessing.windowing import get_window
+
+    subjects = [s.subject for s in inputs.subjects]
+    usable = [s for s in subjects if results[s]["status"] in (STATUS_OK, STATUS_SKIPPED)]
+    splits = split_subjects(usable, config["split"], int(config["seed"]))
+    modalities = sorted({m for s in inputs.subjects for m in s.volumes}, key=lambda m: (m != "ct", m))
+    slice_sizes = {}
+    for subject in usable:
+        entry = results[subject]["entry"]
+        for key in entry:
+            if key.endswith("_slice_index") and key[: -len("_slice_index")] not in slice_sizes:
+                index = json.loads((output / entry[key]).read_text())
+                if index["slices"]:
+                    slice_sizes[key[: -len("_slice_index")]] = index["slices"][0]["geometry"]["output_shape"]
+    pairing = config["pairing"]
+    datalist = {
+        "name": config["name"],
+        "description": config["description"] or f"preprocessed with the '{config['name']}' configuration",
+        "config": config["name"],
+        "config_sha256": config_hash,
+        "modalities": modalities,
+        "pairs": {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]}
+        if pairing["enabled"] else {},
+        "ct_window": {**get_window(config["ct"]["window"]).to_dict(), "out_range": config["ct"]["out_range"],
+                      "volumes": "ct: windowed, ct_hu: Hounsfield units"} if "ct" in modalities else None,
+        "normalisation": config["mr"]["normalization"],
+        "slice_axis": config["slices"]["axis"],
+        "slice_size": slice_sizes,
+        "references": {m: {k: v for k, v in r.items() if k in ("kind", "subject", "file")} for m, r in references.items()},
+        "numTraining": len(splits["training"]),
+        "numValidation": len(splits["validation"]),
+        "numTest": len(splits["test"]),
+        **{name: [results[s]["entry"] for s in members] for name, members in splits.items()},
+    }
+    dataset_path = output / "dataset.json"
+    atomic_write_json(dataset_path, datalist)
+    markers = [input_record(output / "subjects" / s / f"{s}_subject.json", f"subjects/{s}/{s}_subject.json",
+                            "subject record") for s in usable]
+    write_sidecar(dataset_path, "datalist", markers, {"config": config, "split": config["split"]})
+
+    rows = []
+    for subject in subjects:
+        result = results[subject]
+        seconds_by_key = result.get("seconds", {})
+        rows.append({
+            "subject": subject,
+            "status": result["status"],
+            "reason": result.get("reason", ""),
+            "split": next((name for name, members in splits.items() if subject in members), ""),
+            "seconds": _step_totals(seconds_by_key),
+            "seconds_detail": {k: round(v, 3) for k, v in sorted(seconds_by_key.items())},
+            "registration": result.get("metrics", {}).get("registration", {}),
+            "inputs": result.get("inputs", {}),
+        })
+    report = {
+        "config": config["name"],
+        "config_sha256": config_hash,
+        "layout": inputs.layout,
+        "workers": workers,
+        "ants_threads_per_worker": threads,
+        "seconds": round(seconds, 3),
+        "phase_seconds": phases,
+        "counts": {status: sum(r["status"] == status for r in rows) for status in (STATUS_OK, STATUS_SKIPPED, STATUS_FAILED)},
+        "unassigned_inputs": inputs.unassigned,
+        "references": datalist["references"],
+        "subjects": rows,
+    }
+    atomic_write_json(output / "report.json", report)
+    write_sidecar(output / "report.json", "report", [], {"config": config["name"], "config_sha256": config_hash})
+    buffer = io.StringIO()
+    columns = ["subject", "status", "reason", "split", *(f"seconds_{s}" for s in (*STEPS, "total"))]
+    table = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    table.writeheader()
+    for row in rows:
+        table.writerow({"subject": row["subject"], "status": row["status"], "reason": row["reason"], "split": row["split"],
+                        **{f"seconds_{k}": v for k, v in row["seconds"].items()}})
+    atomic_write_text(output / "report.csv", buffer.getvalue())
+    write_sidecar(output / "report.csv", "report", [], {"config": config["name"], "config_sha256": config_hash})
+    if config["write_pseudonym_map"]:
+        atomic_write_json(output / "pseudonym_map.json", {s.source: s.subject for s in inputs.subjects})
+    return report

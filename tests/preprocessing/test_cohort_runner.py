@@ -1,0 +1,379 @@
+"""The cohort runner end to end on a small demo cohort (preprocessing/cohort.py, ``python -m preprocessing run``).
+
+One demo cohort (3 subjects, small) is built per module and preprocessed once, through the command
+line, with the shipped ``demo`` configuration and fewer registration iterations (``FAST``); most
+tests read that run's outputs. The resume test reruns the same configuration in a subprocess that
+is killed mid-run and compares every byte with the first run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from monai.data import load_decathlon_datalist
+
+from preprocessing.cli import main as cli_main
+from preprocessing.artefact_mask import measure_artefact_removal
+from preprocessing.cohort import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, discover_subjects, run_cohort, split_subjects
+from preprocessing.config import load_config
+from preprocessing.demo import build_demo_cohort
+from preprocessing.demo.head_holder import CONTACT_PAD, COUCH, HOLDER_PLATE
+from preprocessing.provenance import TRACKED_PACKAGES, file_sha256, read_sidecar
+from preprocessing.pseudonym import pseudonymise
+
+N_SUBJECTS = 3
+FAST = """extends: demo
+registration:
+  common:
+    linear_iterations: [60, 30, 0]
+    syn_iterations: [20, 10, 0]
+"""
+REPOSITORY = Path(__file__).resolve().parents[2]
+ARTEFACT_LABELS = (HOLDER_PLATE, COUCH, CONTACT_PAD)
+# Files whose content legitimately differs between runs (timings) or that hold no data.
+RUN_SPECIFIC = {"report.json", "report.csv", "report.json.provenance.json", "report.csv.provenance.json", ".lock"}
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "preprocessing", *args], cwd=REPOSITORY, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort")
+    build_demo_cohort(folder, N_SUBJECTS, "small", seed=0, workers=2, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fast_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "fast.yaml"
+    path.write_text(FAST)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(cohort, fast_config, tmp_path_factory) -> Path:
+    """The reference run, through the command line."""
+    output = tmp_path_factory.mktemp("run")
+    result = _run_cli("run", "--config", str(fast_config), "--input", str(cohort), "--output", str(output),
+                      "--workers", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def _report(output: Path) -> dict:
+    return json.loads((output / "report.json").read_text())
+
+
+def _datalist(output: Path) -> dict:
+    return json.loads((output / "dataset.json").read_text())
+
+
+def _entries(output: Path) -> list[dict]:
+    datalist = _datalist(output)
+    return [entry for split in ("training", "validation", "test") for entry in datalist[split]]
+
+
+def _source_of(entry: dict, config: dict) -> str:
+    for index in range(N_SUBJECTS):
+        name = f"demo{index + 1:03d}"
+        if pseudonymise(name, config["pseudonym"]["salt"], config["pseudonym"]["prefix"],
+                        config["pseudonym"]["length"]) == entry["subject"]:
+            return name
+    raise AssertionError(f"{entry['subject']} is no demo subject")
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _tree_bytes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in RUN_SPECIFIC}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_datalist_is_a_monai_datalist_split_by_subject(run):
+    splits = {}
+    for key in ("training", "validation", "test"):
+        items = load_decathlon_datalist(run / "dataset.json", data_list_key=key)
+        assert items, f"empty {key} split"
+        splits[key] = {item["subject"] for item in items}
+        for item in items:
+            for modality in ("ct", "t1", "t2", "t2_in_t1"):
+                assert Path(item[modality]).is_file() and Path(item[f"{modality}_mask"]).is_file()
+                assert item[f"{modality}_slices"] and all(Path(p).is_file() for p in item[f"{modality}_slices"])
+                assert Path(item[f"{modality}_slice_index"]).is_file()
+            assert Path(item["ct_hu"]).is_file()
+            for name in ("truth_t1_in_ct", "truth_t2_in_ct", "truth_ct_in_t1", "truth_t2_in_t1", "truth_ct_in_t2",
+                         "truth_t1_in_t2", "truth_labels_in_ct"):
+                assert Path(item[name]).is_file(), name
+    assert sum(len(s) for s in splits.values()) == N_SUBJECTS
+    assert not (splits["training"] & splits["validation"]) and not (splits["training"] & splits["test"])
+    datalist = _datalist(run)
+    # Paths are stored relative to the datalist's folder.
+    assert all(not Path(p).is_absolute() for e in _entries(run) for p in (e["ct"], e["t1"]))
+    assert datalist["modalities"] == ["ct", "t1", "t2"]
+    assert datalist["config"] == "demo"
+    assert datalist["ct_window"]["center"] == 500 and datalist["ct_window"]["width"] == 3000
+    assert datalist["normalisation"]["method"] == "percentile"
+    assert datalist["slice_size"]["ct"] == [64, 64] and datalist["slice_size"]["t2_in_t1"] == [64, 64]
+    assert datalist["pairs"] == {"t2_in_t1": ["t2", "t1"]}
+
+
+def test_report_lists_every_subject_ok_with_step_times(run):
+    report = _report(run)
+    assert report["counts"] == {"ok": N_SUBJECTS, "skipped-finished": 0, "failed": 0}
+    for row in report["subjects"]:
+        assert row["status"] == STATUS_OK and row["reason"] == ""
+        assert row["seconds"]["register"] > 0 and row["seconds"]["total"] >= row["seconds"]["register"]
+        assert set(row["seconds"]) >= {"read", "register", "mask", "window", "normalise", "pair", "slice", "truth", "qc"}
+    header = (run / "report.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["subject", "status", "reason", "split"] and "seconds_register" in header
+    assert len((run / "report.csv").read_text().splitlines()) == N_SUBJECTS + 1
+
+
+def test_registration_raises_similarity_to_the_reference(run):
+    rows = _report(run)["subjects"]
+    for modality in ("ct", "t1", "t2"):
+        references = [r for r in rows if r["registration"][modality]["reference"]]
+        assert len(references) == 1  # exactly one subject is the modality's reference
+        for row in rows:
+            metrics = row["registration"][modality]
+            if not metrics["reference"]:
+                assert metrics["ncc_after"] > metrics["ncc_before"] + 0.05, (modality, metrics)
+    for entry in _entries(run):
+        reference = run / "references" / f"reference_t1.nii.gz"
+        assert _array(run / entry["t1_mask"]).shape == _array(reference).shape  # on the reference grid
+
+
+def test_t2_registered_to_own_t1_lands_within_two_voxels(run, cohort):
+    import ants
+    import pandas as pd
+
+    config = load_config("demo")
+    for entry in _entries(run):
+        source = _source_of(entry, config)
+        landmarks = json.loads((cohort / "truth" / source / "landmarks.json").read_text())
+        names = sorted(landmarks["t1"])
+        in_t1 = np.array([landmarks["t1"][n] for n in names])
+        in_t2 = np.array([landmarks["t2"][n] for n in names])
+        manifest = json.loads((run / entry["t2_in_t1_transforms"]).read_text())
+        folder = (run / entry["t2_in_t1_transforms"]).parent
+        # The forward (image) transforms of a registration map fixed (T1) points to moving (T2) points.
+        mapped = ants.apply_transforms_to_points(3, pd.DataFrame(in_t1, columns=list("xyz")),
+                                                 [str(folder / f) for f in manifest["forward_transforms"]])
+        error = np.linalg.norm(mapped[list("xyz")].to_numpy() - in_t2, axis=1)
+        unregistered = np.linalg.norm(in_t1 - in_t2, axis=1)
+        voxel = min(nib.load(str(cohort / "raw" / "mri" / f"{source}-T2.nii.gz")).header.get_zooms())
+        assert error.mean() < 2 * voxel and error.mean() < 0.5 * unregistered.mean(), (error, unregistered)
+
+
+def test_paired_truth_matches_the_registered_volumes(run):
+    """The truth carried through a modality's transforms overlays that modality's registered volume."""
+    for entry in _entries(run):
+        ct_hu = _array(run / entry["ct_hu"])
+        truth_labels = _array(run / entry["truth_labels_in_ct"])
+        brain = np.isin(truth_labels, (5, 6))  # grey and white matter
+        assert abs(np.median(ct_hu[brain]) - 35) < 20  # brain HU where the truth says brain
+        assert np.median(ct_hu[truth_labels == 3]) > 600  # cortical bone
+        # The T1 truth in CT space has T1 contrast on the same anatomy: white matter bright,
+        # ventricles dark, and dark (partial volume aside) where the registered CT shows bone.
+        t1_truth_in_ct = _array(run / entry["truth_t1_in_ct"])
+        assert t1_truth_in_ct.shape == ct_hu.shape
+        white = np.median(t1_truth_in_ct[truth_labels == 6])
+        assert white > np.median(t1_truth_in_ct[truth_labels == 7]) + 300
+        assert np.median(t1_truth_in_ct[ct_hu > 800]) < 0.6 * white
+        t2_in_t1 = _array(run / entry["t2_in_t1"])
+        truth_t2 = _array(run / entry["truth_t2_in_t1"])
+        mask = _array(run / entry["t1_mask"]) > 0
+        assert np.corrcoef(t2_in_t1[mask], truth_t2[mask])[0, 1] > 0.6
+
+
+def test_artefact_mask_removes_the_holder_and_keeps_the_head(run):
+    """The reference's mask on every registered CT, measured against the raw CT labels carried through the registration."""
+    measures = []
+    for entry in _entries(run):
+        labels = _array(run / entry["truth_labels_in_ct"])
+        keep = _array(run / entry["ct_mask"]) > 0
+        artefact = np.isin(labels, ARTEFACT_LABELS)
+        assert artefact.sum() > 1000  # the raw CT's holder, carried into the reference space
+        measures.append(measure_artefact_removal(keep, (labels > 0) & ~artefact, artefact))
+        hu = _array(run / entry["ct_hu"])
+        assert hu[artefact & ~keep].max() <= -1000  # removed voxels are air
+    assert max(m["artefact_remaining_fraction"] for m in measures) < 0.01, measures
+    assert max(m["head_lost_fraction"] for m in measures) < 0.005, measures
+
+
+def test_outputs_have_provenance_sidecars(run):
+    outputs = [p for p in run.rglob("*") if p.is_file() and not p.name.endswith(".provenance.json")
+               and "cache" not in p.relative_to(run).parts and p.name != ".lock"
+               and not p.name.endswith("_subject.json") and p.name != "references.json"]
+    assert len(outputs) > 50
+    for path in outputs:
+        sidecar = read_sidecar(path)
+        assert sidecar["sha256"] == file_sha256(path), path
+        assert set(sidecar["software"]) == set(TRACKED_PACKAGES) and sidecar["code"]["source_sha256"]
+    entry = _entries(run)[0]
+    ct = read_sidecar(run / entry["ct"])
+    assert ct["step"] == "window" and ct["parameters"]["window"]["center"] == 500
+    assert ct["inputs"][0]["sha256"] == file_sha256(run / entry["ct_hu"])
+
+
+def test_no_patient_identifier_or_source_name_in_any_output(run, cohort):
+    identifiers = set()
+    for path in cohort.glob("raw/ct/*/*/CT PLAIN THIN/CT000000.dcm"):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        identifiers |= {str(header.PatientName), str(header.PatientID), str(header.PatientBirthDate)}
+        identifiers |= {part for part in str(header.PatientName).split("^") if len(part) > 2}
+    assert len(identifiers) >= 3 * N_SUBJECTS
+    forbidden = [value.encode() for value in identifiers] + [b"demo00"]
+    for path in run.rglob("*"):
+        assert not any(value.decode() in path.name for value in forbidden), path
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name.endswith(".gz"):
+                data += gzip.decompress(data)
+            for value in forbidden:
+                assert value not in data, (path, value)
+
+
+def test_killed_run_resumes_to_the_same_bytes(run, cohort, fast_config, tmp_path):
+    """kill -9 mid-run, rerun: byte-identical to the uninterrupted run (which also proves determinism)."""
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "preprocessing", "run", "--config", str(fast_config), "--input", str(cohort),
+               "--output", str(output), "--workers", "2", "--quiet"]
+    process = subprocess.Popen(command, cwd=REPOSITORY, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(output.glob("subjects/*/*_subject.json")):
+        assert process.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (output / "dataset.json").exists()
+    report = run_cohort(fast_config, cohort, output, workers=2, progress=False)
+    assert report["counts"]["skipped-finished"] >= 1 and report["counts"]["failed"] == 0
+    assert _tree_bytes(output) == _tree_bytes(run)
+
+
+def _bad_cohort(cohort: Path, folder: Path) -> dict[str, str]:
+    """demo001 plus one subject per kind of bad input; returns {source name: expected reason}."""
+    (folder / "raw" / "mri").mkdir(parents=True)
+    shutil.copytree(cohort / "raw" / "ct" / "demo001", folder / "raw" / "ct" / "demo001")
+    for modality in ("T1", "T2"):
+        shutil.copy(cohort / "raw" / "mri" / f"demo001-{modality}.nii.gz", folder / "raw" / "mri")
+    shutil.copytree(cohort / "truth" / "demo001", folder / "truth" / "demo001")
+    # A truncated DICOM file in an otherwise good series.
+    shutil.copytree(cohort / "raw" / "ct" / "demo002", folder / "raw" / "ct" / "cut")
+    victim = folder / "raw" / "ct" / "cut" / "Unknown Study" / "CT PLAIN THIN" / "CT000007.dcm"
+    victim.write_bytes(victim.read_bytes()[:-3000])
+    (folder / "raw" / "ct" / "empty").mkdir()
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 16, 3)).astype(np.float32), affine),
+             folder / "raw" / "mri" / "series-T1.nii.gz")
+    with_nan = np.random.default_rng(1).random((16, 16, 16)).astype(np.float32)
+    with_nan[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(with_nan, affine), folder / "raw" / "mri" / "nan-T2.nii.gz")
+    (folder / "raw" / "mri" / "text-T1.nii.gz").write_text("not an image\n")
+    # Reasons name the file, with the subject's source name replaced by its pseudonym ({}).
+    return {
+        "cut": "{}/Unknown Study/CT PLAIN THIN/CT000007.dcm: truncated DICOM file",
+        "empty": "{}: folder is empty",
+        "series": "{}-T1.nii.gz: expected a 3D volume",
+        "nan": "{}-T2.nii.gz: 1 voxels are NaN or infinite",
+        "text": "{}-T1.nii.gz: not a readable NIfTI file",
+    }
+
+
+def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
+    expected = _bad_cohort(cohort, tmp_path / "input")
+    config = tmp_path / "fast.yaml"
+    config.write_text(FAST + "write_pseudonym_map: true\n")
+    output = tmp_path / "output"
+    result = _run_cli("run", "--config", str(config), "--input", str(tmp_path / "input"), "--output", str(output),
+                      "--workers", "2", "--quiet")
+    assert result.returncode == 1  # some subjects failed
+    names = json.loads((output / "pseudonym_map.json").read_text())
+    rows = {row["subject"]: row for row in _report(output)["subjects"]}
+    assert rows[names["demo001"]]["status"] == STATUS_OK
+    for source, reason in expected.items():
+        row = rows[names[source]]
+        assert row["status"] == STATUS_FAILED and reason.format(names[source]) in row["reason"], row
+        assert f"/{source}" not in row["reason"] and row["reason"].startswith("<input>/raw/")
+        assert not (output / "subjects" / names[source]).exists()
+    assert [e["subject"] for s in ("training", "validation", "test") for e in _datalist(output)[s]] == [names["demo001"]]
+    assert "1 ok, 0 already finished, 5 failed" in result.stdout
+    assert f"{names['cut']}: <input>/raw/ct/{names['cut']}/" in result.stderr
+
+
+def test_discovery_of_layouts(cohort, tmp_path):
+    config = load_config("demo")
+    via_root = discover_subjects(cohort, config)
+    via_raw = discover_subjects(cohort / "raw", config)
+    assert via_root.layout == via_raw.layout == "demo"
+    assert [s.subject for s in via_root.subjects] == [s.subject for s in via_raw.subjects]
+    assert all(s.truth is not None and set(s.volumes) == {"ct", "t1", "t2"} for s in via_root.subjects)
+    ixi = tmp_path / "ixi"
+    for folder, modality in (("IXI-T1", "T1"), ("IXI-T2", "T2")):
+        (ixi / folder).mkdir(parents=True)
+        shutil.copy(cohort / "raw" / "mri" / f"demo001-{modality}.nii.gz", ixi / folder / f"IXI002-Guys-0828-{modality}.nii.gz")
+    shutil.copy(cohort / "raw" / "mri" / "demo002-T1.nii.gz", ixi / "IXI-T1" / "IXI012-HH-1211-T1.nii.gz")
+    (ixi / "IXI-T1" / "IXI012-HH-1211-PD.nii.gz").write_bytes(b"")  # not a wanted modality
+    (ixi / "IXI-T1" / "scan.nii.gz").write_bytes(b"")  # no subject in the name
+    found = discover_subjects(ixi, load_config("ixi"))
+    assert found.layout == "ixi"
+    assert sorted(sorted(s.volumes) for s in found.subjects) == [["t1"], ["t1", "t2"]]
+    assert len(found.unassigned) == 1 and "scan.nii.gz" in found.unassigned[0]
+    cq500 = discover_subjects(cohort / "raw" / "ct", load_config("cq500"))
+    assert cq500.layout == "cq500" and all(set(s.volumes) == {"ct"} for s in cq500.subjects)
+    assert len(cq500.subjects) == N_SUBJECTS
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 20])
+def test_split_is_seeded_by_subject_and_never_empty(n):
+    subjects = [f"sub-{i:02d}" for i in range(n)]
+    fractions = {"training": 0.7, "validation": 0.15, "test": 0.15}
+    splits = split_subjects(subjects, fractions, seed=0)
+    assert all(splits.values())
+    assert sorted(sum(splits.values(), [])) == subjects
+    assert splits == split_subjects(list(reversed(subjects)), fractions, seed=0)
+    if n == 20:
+        assert [len(splits[k]) for k in ("training", "validation", "test")] == [14, 3, 3]
+        assert splits != split_subjects(subjects, fractions, seed=1)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--config", "nope"], "unknown config 'nope'"),
+        (["--input", "/no/such/folder"], "input folder '/no/such/folder' does not exist"),
+        (["--output", "/proc/version/out"], "cannot write to output folder"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_with_status_2(arguments, message, cohort, tmp_path, capsys):
+    values = {"--config": "demo", "--input": str(cohort), "--output": str(tmp_path / "out")}
+    values.update(dict(zip(arguments[::2], arguments[1::2])))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["run", *[item for pair in values.items() for item in pair]])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("preprocessing run: error: ") and message in error

@@ -1,0 +1,151 @@
+"""Configuration loading, merging and checking (preprocessing/config.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from preprocessing.config import (
+    DEFAULT_CONFIG,
+    SHIPPED_CONFIGS,
+    ConfigError,
+    config_sha256,
+    load_config,
+    merge_config,
+    pairing_config,
+    registration_config,
+    shipped_config_path,
+    slice_size,
+)
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_configs_load_and_are_named_after_their_file(name):
+    config = load_config(name)
+    assert config["name"] == name
+    assert shipped_config_path(name).is_file()
+    # Every key of the defaults is present after merging.
+    assert set(config) == set(DEFAULT_CONFIG)
+
+
+def test_shipped_configs_differ_where_the_data_differ():
+    demo, ixi, cq500 = (load_config(n) for n in ("demo", "ixi", "cq500"))
+    assert demo["input"]["modalities"] == ["ct", "t1", "t2"]
+    assert ixi["input"]["modalities"] == ["t1", "t2"] and not ixi["artefact"]["enabled"]
+    assert cq500["input"]["modalities"] == ["ct"] and cq500["artefact"]["enabled"]
+    assert demo["slices"]["size"] == "auto" and ixi["slices"]["size"] == 256
+
+
+def test_yaml_and_json_files_merge_over_the_defaults(tmp_path):
+    values = {"name": "mine", "ct": {"window": "bone"}, "slices": {"size": [128, 96]}}
+    for path, text in ((tmp_path / "c.yaml", yaml.safe_dump(values)), (tmp_path / "c.json", json.dumps(values))):
+        path.write_text(text)
+        config = load_config(path)
+        assert config["name"] == "mine"
+        assert config["ct"]["window"] == "bone"
+        assert config["ct"]["out_range"] == DEFAULT_CONFIG["ct"]["out_range"]  # sibling key kept
+        assert slice_size(config) == (128, 96)
+
+
+def test_extends_starts_from_a_shipped_config(tmp_path):
+    path = tmp_path / "fast.yaml"
+    path.write_text("extends: demo\nregistration:\n  common:\n    syn_iterations: [5, 0, 0]\n")
+    config = load_config(path)
+    assert config["name"] == "demo"
+    assert registration_config(config, "t1").syn_iterations == (5, 0, 0)
+    # The rest of demo's registration section is kept.
+    assert registration_config(config, "t1").linear_shrink_factors == (4, 2, 1)
+
+
+def test_extends_relative_path_and_cycle(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nseed: 3\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert (config["name"], config["seed"]) == ("child", 3)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_mapping_input_and_registration_layers():
+    config = load_config({"registration": {"common": {"metric": "MI", "mi_bins": 16},
+                                           "mr": {"mi_bins": 24}, "t2": {"mi_bins": 40}}})
+    assert registration_config(config, "ct").mi_bins == 16
+    assert registration_config(config, "ct").default_value == -1024.0
+    assert registration_config(config, "t1").mi_bins == 24
+    assert registration_config(config, "t2").mi_bins == 40
+    assert pairing_config(config).transforms == ("Rigid",)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"slicez": {}}, "unknown config key 'slicez'"),
+        ({"slices": {"sise": 3}}, "unknown config key 'slices.sise'"),
+        ({"registration": {"common": {"iterations": 3}}}, "registration"),
+        ({"registration": {"t3": {}}}, "registration.t3"),
+        ({"ct": {"window": "lung-ish"}}, "ct.window"),
+        ({"ct": {"out_range": [1, -1]}}, "ct.out_range"),
+        ({"mr": {"normalization": {"method": "minmax"}}}, "mr.normalization.method"),
+        ({"slices": {"size": 0}}, "slices.size"),
+        ({"slices": {"selection": {"mode": "some"}}}, "slices"),
+        ({"split": {"training": 0.9, "validation": 0.2, "test": 0.1}}, "split"),
+        ({"input": {"layout": "bids"}}, "input.layout"),
+        ({"input": {"dicom": {"missing": "reject"}}}, "input.dicom"),
+        ({"artefact": {"mode": "atlas"}}, "artefact.mode"),
+        ({"artefact": {"options": {"erosions": 2}}}, "artefact.options"),
+        ({"registration": {"enabled": False}}, "artefact.mode"),
+        ({"pairing": {"fixed": "t2", "moving": ["t2"]}}, "pairing"),
+        ({"pseudonym": {"length": 4}}, "pseudonym.length"),
+        ({"slices": 3}, "must be a mapping"),
+    ],
+)
+def test_invalid_values_name_their_key(values, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(values)
+
+
+def test_unknown_name_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown config 'nope'.*demo, ixi, cq500"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="not a file"):
+        load_config("/no/such/config.yaml")
+
+
+def test_unreadable_and_non_mapping_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(listing)
+
+
+def test_auto_slice_size_fits_the_volume():
+    config = load_config({"slices": {"size": "auto"}})
+    assert slice_size(config, (64, 40)) == (64, 64)
+    assert slice_size(config, (65, 40)) == (128, 128)
+    assert slice_size(config, (20, 10)) == (32, 32)
+    assert slice_size(config, (512, 512)) == (256, 256)
+    with pytest.raises(ValueError, match="auto"):
+        slice_size(config)
+
+
+def test_config_hash_depends_on_values_only():
+    a = load_config("demo")
+    b = load_config("demo")
+    assert config_sha256(a) == config_sha256(b)
+    b["seed"] = 1
+    assert config_sha256(a) != config_sha256(b)
+
+
+def test_merge_config_replaces_lists_and_keeps_free_sections_open():
+    merged = merge_config(DEFAULT_CONFIG, {"input": {"modalities": ["t1"]}, "artefact": {"options": {"any": 1}}})
+    assert merged["input"]["modalities"] == ["t1"]
+    assert merged["artefact"]["options"] == {"any": 1}
+    assert DEFAULT_CONFIG["input"]["modalities"] is None  # defaults untouched

@@ -1,0 +1,202 @@
+"""The T1 <-> T2 CycleGAN bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
+
+import csv
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import run as run_in_process
+
+from modality_translation.data.datalist import DatalistError, ModalityMismatchError
+from modality_translation.engines import checkpoint_path
+from tests.bundles.helpers import (
+    BUNDLES,
+    IMAGE_SIZE,
+    REPO_ROOT,
+    SCHEMA,
+    TINY_NETWORKS,
+    TINY_TRAINING,
+    absolute_datalist_copy,
+    assert_same_training_state,
+    bundle_command,
+    cli,
+    kill_after_file,
+    root_cause,
+    run_bundle,
+)
+
+BUNDLE = BUNDLES / "cyclegan_t1_t2"
+CONFIGS = BUNDLE / "configs"
+
+
+def train_args(dataset, folder, epochs=2, config_file="bundles/cyclegan_t1_t2/configs/train.json"):
+    return ["training", "--config_file", config_file, "--dataset_dir", str(dataset),
+            "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"),
+            "--train#trainer#max_epochs", str(epochs), *cli(TINY_TRAINING)]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dataset, tmp_path_factory):
+    """Two epochs of training, from the repository root."""
+    folder = tmp_path_factory.mktemp("t1_t2_training")
+    result = run_bundle("run", *train_args(demo_dataset, folder))
+    return folder, result.stdout + result.stderr
+
+
+def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained):
+    folder, log = trained
+    models, grids = folder / "models", folder / "eval" / "grids"
+    assert checkpoint_path(models, 1).is_file() and checkpoint_path(models, 2).is_file()
+    model = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert set(model) == {"g_ab", "g_ba"}
+    # The 5-level U-Net of the tiny configuration: its innermost convolution has 8 * 8 = 64 channels.
+    assert model["g_ab"]["down.4.1.weight"].shape == (64, 64, 4, 4)
+    for name in ("train", "validation_t1_to_t2", "validation_t2_to_t1"):
+        assert (grids / f"{name}_epoch=2.png").stat().st_size > 1000
+    assert list((folder / "eval").glob("events.out.tfevents.*"))
+    ssim = [float(v) for v in re.findall(r"Metrics -- .*val_t1_to_t2_ssim: ([-\d.]+)", log)]
+    assert len(ssim) == 2 and all(-1.0 <= v <= 1.0 for v in ssim)
+    assert re.search(r"val_t2_to_t1_psnr: [\d.]+", log)
+
+
+def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, trained, tmp_path):
+    uninterrupted, _ = trained
+    first_checkpoint = checkpoint_path(tmp_path / "models", 1)
+    status = kill_after_file(bundle_command("run", *train_args(demo_dataset, tmp_path)), first_checkpoint)
+    assert status == -9
+    assert not checkpoint_path(tmp_path / "models", 2).exists()
+
+    # The same command again: it continues from epoch 1 (the default --resume true) instead of restarting.
+    log = run_bundle("run", *train_args(demo_dataset, tmp_path)).stdout
+    assert f"Restored all variables from {first_checkpoint}" in log
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    # Exactly the state of the run that was never interrupted: weights, Adam moments and steps,
+    # LR schedules, image pools, random generators, epoch and iteration.
+    assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(tmp_path / "models", 2))
+
+
+@pytest.fixture(scope="module")
+def inferred(demo_dataset, trained):
+    """Inference on the test split, run from inside the bundle folder, with DICOM output."""
+    folder, _ = trained
+    run_bundle("run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dataset),
+               "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), "--write_dicom", "True",
+               *cli(TINY_NETWORKS), cwd=BUNDLE)
+    return folder / "eval"
+
+
+def test_inference_translates_test_volumes_onto_their_own_grid(demo_dataset, inferred):
+    test_items = json.loads((demo_dataset / "dataset.json").read_text())["test"]
+    for direction, source in (("t1_to_t2", "t1"), ("t2_to_t1", "t2")):
+        predictions = json.loads((inferred / direction / "predictions.json").read_text())["test"]
+        assert [p["subject"] for p in predictions] == [item["subject"] for item in test_items]
+        for item, prediction in zip(test_items, predictions):
+            pred, source_image = nib.load(prediction["pred"]), nib.load(demo_dataset / item[source])
+            assert pred.shape == source_image.shape
+            np.testing.assert_allclose(pred.affine, source_image.affine, atol=1e-4)
+            values = pred.get_fdata()
+            assert values.min() >= -1.0 and values.max() <= 1.0 and values.std() > 0
+            assert len(list((inferred / direction / item["subject"] / "pred_dicom").glob("*.dcm"))) == pred.shape[2]
+
+
+def test_evaluation_writes_per_subject_metrics_and_summary(demo_dataset, inferred):
+    run_bundle("run", "evaluate", "--config_file", "bundles/cyclegan_t1_t2/configs/evaluate.json",
+               "--dataset_dir", str(demo_dataset), "--output_dir", str(inferred))
+    subjects = [item["subject"] for item in json.loads((demo_dataset / "dataset.json").read_text())["test"]]
+    for direction, target in (("t1_to_t2", "t2"), ("t2_to_t1", "t1")):
+        with open(inferred / direction / "metrics.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [row["subject"] for row in rows] == subjects
+        assert all(0.0 < float(row["ssim"]) <= 1.0 and float(row["psnr_db"]) > 0 for row in rows)
+        summary = json.loads((inferred / direction / "metrics_summary.json").read_text())
+        assert summary["evaluation"]["modality"] == target and summary["evaluation"]["data_range"] == 2.0
+        assert summary["ssim"]["n"] == len(subjects)
+
+
+def test_metadata_network_shapes_and_export(trained, tmp_path):
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+    # The default network (256 x 256, 8-level U-Net) against metadata.json's network_data_format.
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "train.json"), device="cpu")
+    folder, _ = trained
+    exported = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(folder / "models" / "model.pt"),
+                key_in_ckpt="g_ab", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
+                use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE, generator_channels=8)
+    network = torch.jit.load(str(exported))
+    generator_state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)["g_ab"]
+    assert torch.equal(network.state_dict()["down.0.0.weight"], generator_state["down.0.0.weight"])
+    output = network(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE))
+    assert output.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("cwd, config_file", [(REPO_ROOT, "bundles/cyclegan_t1_t2/configs/train.json"),
+                                              (BUNDLE, "configs/train.json")])
+def test_bundle_root_and_default_paths_from_repository_and_bundle_folder(monkeypatch, cwd, config_file):
+    monkeypatch.chdir(cwd)
+    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="ckpt_dir")
+    workflow.initialize()
+    assert workflow.run() == [str(BUNDLE / "models")]
+    # The default data: the full-size demo cohort of the repository's demo_data folder (the quick start's).
+    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="dataset_dir")
+    workflow.initialize()
+    assert workflow.run() == [str(REPO_ROOT / "demo_data" / "preprocessed")]
+
+
+def test_model_zoo_training_properties_are_all_present(demo_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
+                              dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                              output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert workflow.max_epochs == 200 and workflow.trainer.generator_steps_per_discriminator_step == 1
+    assert workflow.trainer.lambda_cycle == 10.0 and workflow.trainer.lambda_identity == 5.0
+
+
+def fail_before_training(tmp_path, **overrides):
+    """Run the training in-process with overrides; return the root cause of its failure."""
+    arguments = {**TINY_TRAINING, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), **overrides}
+    with pytest.raises(Exception) as failure:
+        run_in_process("training", config_file=str(CONFIGS / "train.json"), logging_file=False, **arguments)
+    assert not (tmp_path / "models").exists(), "training started before the error"
+    return root_cause(failure.value)
+
+
+def test_missing_dataset_fails_before_training_naming_the_datalist(tmp_path):
+    error = fail_before_training(tmp_path, dataset_dir=str(tmp_path / "no_cohort"))
+    assert isinstance(error, DatalistError)
+    assert str(error).startswith(str(tmp_path / "no_cohort" / "dataset.json") + ": datalist does not exist")
+
+
+def test_empty_split_fails_before_training(demo_dataset, tmp_path):
+    copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort",
+                                  lambda content: content.update(validation=[]))
+    error = fail_before_training(tmp_path, dataset_dir=str(copy.parent))
+    assert isinstance(error, DatalistError) and "split 'validation' is empty" in str(error)
+
+
+def test_volume_of_the_wrong_modality_fails_before_training(demo_dataset, tmp_path):
+    def t2_as_t1(content):
+        item = content["training"][0]
+        item["t1_slices"] = item["t2_slices"]
+
+    copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", t2_as_t1)
+    error = fail_before_training(tmp_path, dataset_dir=str(copy.parent))
+    assert isinstance(error, ModalityMismatchError)
+    assert "named as a T2 image but is used as T1" in str(error) and "_t2_axial_" in str(error)
+
+
+def test_inference_without_trained_weights_fails_before_translating(demo_dataset, tmp_path):
+    with pytest.raises(Exception) as failure:
+        run_in_process("inference", config_file=str(CONFIGS / "inference.json"), logging_file=False,
+                       dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                       output_dir=str(tmp_path / "eval"))
+    error = root_cause(failure.value)
+    assert isinstance(error, FileNotFoundError) and error.filename == str(tmp_path / "models" / "model.pt")
+    assert "trained generators" in str(error)
+    assert not (tmp_path / "eval").exists()

@@ -141,6 +141,19 @@ def test_bfloat16_autocast_on_cpu_trains():
     assert output["fake_B"].dtype == torch.float32
 
 
+def test_float16_autocast_uses_one_gradient_scaler_per_optimizer():
+    # The scalers start at 2**16 and halve on each overflow: the first few steps are skipped.
+    trainer = make_trainer(max_epochs=6, loader=unpaired_loader(count=8), amp=True, amp_dtype="float16")
+    assert trainer.scalers_enabled and trainer.g_scaler is not trainer.d_scaler
+    assert {"g_scaler", "d_scaler"} <= set(trainer.checkpoint_objects())
+    before = [p.detach().clone() for p in trainer.g_ab.parameters()]
+    trainer.run()
+    output = trainer.state.output[0]
+    assert all(torch.isfinite(torch.tensor(output[k])) for k in ("loss_G", "loss_D"))
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.g_ab.parameters()))
+    assert "g_scaler" not in make_trainer().checkpoint_objects()
+
+
 def test_unsupported_amp_dtype_and_ratio_rejected():
     with pytest.raises(ValueError, match="amp_dtype"):
         make_trainer(amp=True, amp_dtype="float64")

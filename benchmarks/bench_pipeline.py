@@ -34,12 +34,18 @@ from preprocessing.demo import build_demo_cohort  # noqa: E402
 
 
 def per_volume_seconds(report: dict) -> dict:
-    """Mean seconds per volume of each step (``step.modality`` timings), overall and per modality."""
+    """Mean seconds per volume of each step (``step.modality`` timings), overall and per modality.
+
+    Registration means count registered volumes only, not the references (identity transforms).
+    """
     samples: dict[str, list[float]] = defaultdict(list)
     by_modality: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in report["subjects"]:
         for key, seconds in row["seconds_detail"].items():
             step, _, modality = key.partition(".")
+            # A modality's reference is not registered (its transform is the identity): not a sample.
+            if step == "register" and row["registration"].get(modality, {}).get("reference"):
+                continue
             if step in STEPS and modality:
                 samples[step].append(seconds)
                 by_modality[step][modality].append(seconds)

@@ -56,7 +56,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.atomic import atomic_write_json, atomic_write_text, atomic_write_with
-from preprocessing.config import config_sha256, load_config, pairing_config, registration_config, slice_size
+from preprocessing.config import (
+    config_sha256,
+    load_config,
+    output_min_spacing,
+    pairing_config,
+    registration_config,
+    slice_size,
+)
 from preprocessing.dicom import read_dicom_series, to_canonical
 from preprocessing.errors import InputReadError, PreprocessingError
 from preprocessing.nifti import parse_mr_filename, read_nifti
@@ -404,6 +411,26 @@ def _apply_artefact_mask(ct_hu: sitk.Image, mask: sitk.Image, outside_hu: float)
     return _like(masked.astype(np.float32), ct_hu)
 
 
+def _coarsened(image: sitk.Image, min_spacing: float, outside: float) -> sitk.Image:
+    """``image`` on a grid with no voxel side below ``min_spacing`` mm (coarser axes are kept).
+
+    Each coarsened axis is smoothed first (Gaussian, sigma of half the new voxel side in mm; the
+    other axes are left alone) so that the resampling does not alias.
+    """
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    target = np.maximum(spacing, min_spacing)
+    if np.allclose(target, spacing):
+        return image
+    variance = np.where(target > spacing, (target / 2.0) ** 2, 0.0)
+    smoothed = sitk.DiscreteGaussian(image, variance.tolist(), 32, 0.01, True)
+    extent = np.asarray(image.GetSize()) * spacing
+    size = np.maximum(1, np.round(extent / target)).astype(int)
+    # Keep the field of view centred: the first voxel centre moves by half the size change.
+    origin = image.TransformContinuousIndexToPhysicalPoint((0.5 * target / spacing - 0.5).tolist())
+    return sitk.Resample(smoothed, size.tolist(), sitk.Transform(), sitk.sitkLinear, origin, target.tolist(),
+                         image.GetDirection(), outside, sitk.sitkFloat32)
+
+
 def _reference_job(job: dict) -> dict:
     """Choose, write and (CT) mask the reference of one modality."""
     modality = job["modality"]
@@ -423,10 +450,13 @@ def _reference_job(job: dict) -> dict:
         image = _load_reference_image(choice)
         description = {"kind": "file", "file": Path(choice).name}
         inputs = [input_record(choice, Path(choice).name, "reference file")]
+    minimum = output_min_spacing(config, modality)
+    if minimum is not None:
+        image = _coarsened(image, minimum, _AIR.get(modality, 0.0))
     folder = output / "references"
     image_path = _write_image(image, folder / f"reference_{modality}.nii.gz")
     parameters = {"modality": modality, "choice": description, "candidates": sorted(candidates),
-                  "registration": _jsonable(reg.__dict__)}
+                  "output_min_spacing_mm": minimum, "registration": _jsonable(reg.__dict__)}
     write_sidecar(image_path, "choose_reference", inputs, parameters)
     record = {**description, "image": image_path.name, "image_sha256": file_sha256(image_path)}
     if modality == "ct" and config["artefact"]["enabled"] and config["artefact"]["mode"] == "reference":
@@ -576,220 +606,290 @@ def _process_job(job: dict) -> dict:
     return result
 
 
-def _process_subject(job: dict, folder: Path, timer: _Timer) -> tuple[dict, dict]:
-    from preprocessing.normalization import head_mask_mr, percentile_normalize, zscore_normalize
-    from preprocessing.qc import RegistrationView, artefact_montage, registration_montage, slice_strip
-    from preprocessing.slices import extract_slices, save_slices
-    from preprocessing.windowing import get_window, hu_to_window
+@dataclass
+class _Subject:
+    """One subject while phase 2 processes it: inputs, what the steps made so far, and its outputs.
 
-    config = job["config"]
-    output = Path(job["output"])
-    subject = job["subject"]
-    cache = output / "cache" / subject
-    references = job["references"]
+    Attributes:
+        registered: volumes on their output grid, before masking and normalisation (by modality).
+        forward: transform files from each raw volume to its output grid (empty: no registration).
+        volumes, masks: the final volumes (windowed CT, normalised MR, pairs) and their masks, by
+            dataset key; slices are cut from them.
+        entry: the subject's dataset.json item.
+    """
+
+    job: dict
+    folder: Path
+    timer: _Timer
+    writer: _SubjectWriter
+    raw: dict[str, sitk.Image]
+    raw_inputs: dict[str, list[dict]]
+    entry: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=lambda: {"registration": {}})
+    registered: dict[str, sitk.Image] = field(default_factory=dict)
+    forward: dict[str, list[str]] = field(default_factory=dict)
+    volumes: dict[str, sitk.Image] = field(default_factory=dict)
+    masks: dict[str, sitk.Image] = field(default_factory=dict)
+    qc_views: list = field(default_factory=list)
+    strips: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.job["subject"]
+
+    @property
+    def config(self) -> dict:
+        return self.job["config"]
+
+    @property
+    def output(self) -> Path:
+        return Path(self.job["output"])
+
+    @property
+    def transforms(self) -> Path:
+        return self.folder / "transforms"
+
+    def reference_file(self, name: str) -> Path:
+        return self.output / "references" / name
+
+    def transform_names(self, modality: str) -> list[str]:
+        return [Path(t).name for t in self.forward[modality]]
+
+    def track_transforms(self, prefix: str, step: str, inputs: list[dict], parameters: dict) -> None:
+        for path in sorted(self.transforms.glob(f"{prefix}*")):
+            if not path.name.endswith(".provenance.json"):
+                self.writer.track(path, step, inputs, parameters)
+
+
+def _process_subject(job: dict, folder: Path, timer: _Timer) -> tuple[dict, dict]:
+    """Every phase-2 step of one subject; returns its dataset item and metrics."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    writer = _SubjectWriter(output, folder)
-    transforms_dir = folder / "transforms"
-    modalities = list(job["modalities"])
-    raw = {m: _read_image(cache / f"{m}.nii") for m in modalities}
-    raw_inputs = {m: [input_record(cache / f"{m}.nii", f"{subject}/{m}", "input volume",
-                                   sha256=job["inputs_sha256"][m])] for m in modalities}
-    entry: dict[str, Any] = {"subject": subject}
-    metrics: dict[str, Any] = {"registration": {}}
-    registered: dict[str, sitk.Image] = {}  # on the output grid, before masking / normalisation
-    forward: dict[str, list[str]] = {}
-    volumes: dict[str, sitk.Image] = {}  # final volumes per output key
-    masks: dict[str, sitk.Image] = {}
-    qc_views = []
-
-    # --- registration to the modality references ----------------------------------------------
-    for modality in modalities:
-        air = _AIR.get(modality, 0.0)
-        with timer(f"register.{modality}"):
-            reference = references.get(modality)
-            if reference is None:  # registration disabled: the subject's own grid
-                registered[modality], forward[modality] = raw[modality], []
-                continue
-            fixed = _read_image(output / "references" / reference["image"])
-            reg = registration_config(config, modality)
-            fixed_mask = None
-            if modality == "ct" and reference.get("mask"):
-                fixed_mask = _read_image(output / "references" / reference["mask"])
-            if reference.get("subject") == subject:
-                result = _identity_result(raw[modality])
-            else:
-                result = register(raw[modality], fixed, reg, fixed_mask=fixed_mask)
-            result = _save_transforms(result, transforms_dir, f"{modality}_to_reference_")
-            registered[modality] = result.warped
-            forward[modality] = list(result.forward_transforms)
-            metrics["registration"][modality] = dict(result.metrics)
-            metrics["registration"][modality]["reference"] = reference.get("subject") == subject
-            for path in sorted(transforms_dir.glob(f"{modality}_to_reference_*")):
-                if not path.name.endswith(".provenance.json"):
-                    writer.track(path, "register", raw_inputs[modality] + [
-                        input_record(output / "references" / reference["image"], f"references/{reference['image']}",
-                                     "fixed", sha256=reference["image_sha256"])], {"registration": reg.__dict__})
-            entry[f"{modality}_transforms"] = writer.relative(transforms_dir / f"{modality}_to_reference_transforms.json")
-            qc_views.append(RegistrationView(modality, fixed, _by_position(raw[modality], fixed, air), result.warped))
-
-    # --- CT: artefact mask and windowing ------------------------------------------------------
-    if "ct" in modalities:
-        ct = registered["ct"]
-        artefact = config["artefact"]
-        with timer("mask.ct"):
-            if artefact["enabled"]:
-                if artefact["mode"] == "reference" and references.get("ct", {}).get("mask"):
-                    keep = _read_image(output / "references" / references["ct"]["mask"])
-                    mask_inputs = [input_record(output / "references" / references["ct"]["mask"],
-                                                f"references/{references['ct']['mask']}", "reference artefact mask",
-                                                sha256=references["ct"]["mask_sha256"])]
-                else:
-                    keep, info = _build_artefact_mask(ct, artefact["options"])
-                    metrics["artefact_mask"] = info
-                    mask_inputs = []
-                masked = _apply_artefact_mask(ct, keep, float(artefact["outside_hu"]))
-            else:
-                keep = _like(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8), ct)
-                masked, mask_inputs = ct, []
-            mask_path = writer.image(keep, f"{subject}_ct_mask.nii.gz", "artefact_mask", mask_inputs,
-                                     {"artefact": artefact})
-            hu_path = writer.image(masked, f"{subject}_ct_hu.nii.gz", "artefact_mask",
-                                   raw_inputs["ct"] + [writer.record(mask_path, "keep mask")],
-                                   {"artefact": artefact, "transforms": [Path(t).name for t in forward["ct"]]})
-        with timer("window.ct"):
-            window = get_window(config["ct"]["window"])
-            windowed = _like(np.asarray(hu_to_window(sitk.GetArrayFromImage(masked), window,
-                                                     config["ct"]["out_range"]), dtype=np.float32), masked)
-            ct_path = writer.image(windowed, f"{subject}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
-                                   {"window": window.to_dict(), "out_range": config["ct"]["out_range"]})
-        entry.update(ct=writer.relative(ct_path), ct_hu=writer.relative(hu_path), ct_mask=writer.relative(mask_path))
-        volumes["ct"], masks["ct"] = windowed, keep
-        with timer("qc"):
-            if config["qc"]["enabled"]:
-                qc_path = artefact_montage(ct, keep, masked, folder / "qc" / f"{subject}_artefact.png",
-                                           title=f"{subject}: CT artefact mask")
-                writer.track(qc_path, "qc", [writer.record(mask_path, "keep mask")], {})
-
-    # --- MR: head mask and normalisation ------------------------------------------------------
-    normalization = config["mr"]["normalization"]
-
-    def normalise(image: sitk.Image, mask: np.ndarray) -> sitk.Image:
-        array = sitk.GetArrayFromImage(image)
-        if normalization["method"] == "zscore":
-            values = zscore_normalize(array, mask)
-        else:
-            values = percentile_normalize(array, mask, normalization["lower"], normalization["upper"],
-                                          normalization["out_range"], outside_value=normalization["out_range"][0])
-        return _like(np.asarray(values, dtype=np.float32), image)
-
-    for modality in (m for m in modalities if m != "ct"):
-        with timer(f"normalise.{modality}"):
-            head = head_mask_mr(sitk.GetArrayFromImage(registered[modality]), **config["mr"]["head_mask"])
-            mask_image = _like(head.astype(np.uint8), registered[modality])
-            mask_path = writer.image(mask_image, f"{subject}_{modality}_mask.nii.gz", "head_mask",
-                                     raw_inputs[modality], {"head_mask": config["mr"]["head_mask"]})
-            normalised = normalise(registered[modality], head)
-            path = writer.image(normalised, f"{subject}_{modality}.nii.gz", "normalise",
-                                raw_inputs[modality] + [writer.record(mask_path, "head mask")],
-                                {"normalization": normalization, "transforms": [Path(t).name for t in forward[modality]]})
-        entry.update({modality: writer.relative(path), f"{modality}_mask": writer.relative(mask_path)})
-        volumes[modality], masks[modality] = normalised, mask_image
-
-    # --- pairing: other MR onto the subject's own T1 -----------------------------------------
-    pairing = config["pairing"]
-    fixed_modality = pairing["fixed"]
-    if pairing["enabled"] and fixed_modality in modalities:
-        pair_reg = pairing_config(config)
-        for moving in (m for m in pairing["moving"] if m in modalities):
-            key = f"{moving}_in_{fixed_modality}"
-            with timer(f"pair.{moving}"):
-                result = register(raw[moving], raw[fixed_modality], pair_reg)
-                result = _save_transforms(result, transforms_dir, f"{moving}_to_{fixed_modality}_")
-                metrics["registration"][key] = dict(result.metrics)
-                for path in sorted(transforms_dir.glob(f"{moving}_to_{fixed_modality}_*")):
-                    if not path.name.endswith(".provenance.json"):
-                        writer.track(path, "pair", raw_inputs[moving] + raw_inputs[fixed_modality],
-                                     {"registration": pair_reg.__dict__})
-                # One resampling from the raw volume: through the pair transform into the raw T1,
-                # then through T1's transforms into the T1 reference space.
-                chain = forward[fixed_modality] + list(result.forward_transforms)
-                paired = _warp(raw[moving], registered[fixed_modality], chain, "linear", 0.0)
-                normalised = normalise(paired, sitk.GetArrayFromImage(masks[fixed_modality]) > 0)
-                path = writer.image(normalised, f"{subject}_{key}.nii.gz", "pair",
-                                    raw_inputs[moving] + [writer.record(folder / Path(entry[f"{fixed_modality}_mask"]).name,
-                                                                        "head mask")],
-                                    {"normalization": normalization, "transforms": [Path(t).name for t in chain]})
-            entry.update({key: writer.relative(path), f"{key}_mask": entry[f"{fixed_modality}_mask"],
-                          f"{key}_transforms": writer.relative(transforms_dir / f"{moving}_to_{fixed_modality}_transforms.json")})
-            volumes[key], masks[key] = normalised, masks[fixed_modality]
-            qc_views.append(RegistrationView(f"{moving} -> own {fixed_modality}", registered[fixed_modality],
-                                             _by_position(raw[moving], registered[fixed_modality], 0.0), paired))
-
-    # --- slices -------------------------------------------------------------------------------
-    strips: dict[str, list[np.ndarray]] = {}
-    if config["slices"]["enabled"]:
-        spec = config["slices"]
-        for key, volume in volumes.items():
-            with timer(f"slice.{key}"):
-                out_range = config["ct"]["out_range"] if key == "ct" else normalization["out_range"]
-                intensity = None if key != "ct" and normalization["method"] == "zscore" else out_range
-                array_shape = sitk.GetArrayViewFromImage(volume).shape
-                from preprocessing.slices import resolve_axis
-
-                axis = resolve_axis(spec["axis"], volume.GetDirection())
-                in_plane = tuple(n for a, n in enumerate(array_shape) if a != axis)
-                slices, geometries = extract_slices(
-                    volume, spec["axis"], spec["selection"], sitk.GetArrayFromImage(masks[key]) > 0,
-                    spec["neighbours"], slice_size(config, in_plane), intensity_range=intensity,
-                    out_range=out_range if intensity is not None else (-1.0, 1.0), interpolation=spec["interpolation"])
-                paths = save_slices(slices, geometries, folder / "slices" / key, f"{subject}_{key}", spec["compress"])
-                source = writer.record(folder / Path(entry[key]).name, "volume")
-                for path in paths:
-                    writer.track(path, "slice", [source], {"slices": spec, "output_shape": list(geometries[0].output_shape)})
-                entry[f"{key}_slices"] = [writer.relative(p) for p in paths[:-1]]
-                entry[f"{key}_slice_index"] = writer.relative(paths[-1])
-                strips[key] = slices
-
-    # --- truth of the demo cohort, in every registered space ----------------------------------
+    cache = Path(job["output"]) / "cache" / job["subject"]
+    subject = _Subject(
+        job, folder, timer, _SubjectWriter(Path(job["output"]), folder),
+        raw={m: _read_image(cache / f"{m}.nii") for m in job["modalities"]},
+        raw_inputs={m: [input_record(cache / f"{m}.nii", f"{job['subject']}/{m}", "input volume",
+                                     sha256=job["inputs_sha256"][m])] for m in job["modalities"]},
+    )
+    subject.entry["subject"] = subject.name
+    _register_to_references(subject)
+    if "ct" in job["modalities"]:
+        _mask_and_window_ct(subject)
+    _normalise_mr(subject)
+    _pair_within_subject(subject)
+    if subject.config["slices"]["enabled"]:
+        _extract_slices(subject)
     if job["truth"]:
-        truth = _truth_volumes(Path(job["truth"]))
-        for modality in (m for m in modalities if m in _TRUTH_MODALITIES):
-            with timer(f"truth.{modality}"):
-                grid = _raw_grid(modality, truth, Path(job["volumes"][modality]))
-                pose = truth["poses"][modality]
-                from preprocessing.demo.pose import render_in_raw
+        _carry_truth(subject)
+    if subject.config["qc"]["enabled"]:
+        _draw_qc(subject)
+    return subject.entry, subject.metrics
 
-                truth_inputs = [{"name": f"truth/{subject}", "role": "demo truth", "sha256": job["inputs_sha256"]["truth"]}]
-                for other in (n for n in _TRUTH_MODALITIES if n != modality):
-                    air = _AIR.get(other, 0.0)
-                    rendered = render_in_raw(truth["arrays"][other], truth["grid"], pose, grid, order=1, cval=air)
-                    image = _warp(_grid_image(rendered, grid), registered[modality], forward[modality], "linear", air)
-                    path = writer.image(image, f"{subject}_truth_{other}_in_{modality}.nii.gz", "truth", truth_inputs,
-                                        {"transforms": [Path(t).name for t in forward[modality]]})
-                    entry[f"truth_{other}_in_{modality}"] = writer.relative(path)
-                if modality == "ct":
-                    labels = truth["ct_labels"]
-                else:
-                    labels = render_in_raw(truth["labels"], truth["grid"], pose, grid, order=0, cval=0)
-                image = _warp(_grid_image(labels.astype(np.uint8), grid), registered[modality], forward[modality],
-                              "genericLabel", 0)
-                path = writer.image(sitk.Cast(image, sitk.sitkUInt8), f"{subject}_truth_labels_in_{modality}.nii.gz",
-                                    "truth", truth_inputs, {"transforms": [Path(t).name for t in forward[modality]]})
-                entry[f"truth_labels_in_{modality}"] = writer.relative(path)
 
-    # --- QC -----------------------------------------------------------------------------------
-    if config["qc"]["enabled"]:
-        with timer("qc"):
-            if qc_views:
-                path = registration_montage(qc_views, folder / "qc" / f"{subject}_registration.png",
-                                            title=f"{subject}: registration (contours of the reference)")
-                writer.track(path, "qc", [], {})
-            if strips:
-                path = slice_strip(strips, folder / "qc" / f"{subject}_slices.png", title=f"{subject}: extracted slices",
-                                   n_slices=config["qc"]["slices_in_strip"])
-                writer.track(path, "qc", [], {})
-    return entry, metrics
+def _register_to_references(s: _Subject) -> None:
+    """Register every volume to its modality's reference (the reference itself: identity)."""
+    from preprocessing.qc import RegistrationView
+
+    for modality in s.job["modalities"]:
+        with s.timer(f"register.{modality}"):
+            reference = s.job["references"].get(modality)
+            if reference is None:  # registration disabled: the volume stays on its own grid
+                s.registered[modality], s.forward[modality] = s.raw[modality], []
+                continue
+            fixed = _read_image(s.reference_file(reference["image"]))
+            config = registration_config(s.config, modality)
+            # The CT metric counts the reference's head only: holder and couch stay where the
+            # scanner put them while the head moves, and would pull the alignment towards them.
+            fixed_mask = _read_image(s.reference_file(reference["mask"])) if reference.get("mask") else None
+            is_reference = reference.get("subject") == s.name
+            if is_reference:  # the reference, possibly on a coarsened grid, is its own registered volume
+                result = _identity_result(fixed)
+            else:
+                result = register(s.raw[modality], fixed, config, fixed_mask=fixed_mask)
+            prefix = f"{modality}_to_reference_"
+            result = _save_transforms(result, s.transforms, prefix)
+            s.registered[modality], s.forward[modality] = result.warped, list(result.forward_transforms)
+            s.metrics["registration"][modality] = {**result.metrics, "reference": is_reference}
+            fixed_record = input_record(s.reference_file(reference["image"]), f"references/{reference['image']}",
+                                        "fixed", sha256=reference["image_sha256"])
+            s.track_transforms(prefix, "register", s.raw_inputs[modality] + [fixed_record], {"registration": config.__dict__})
+            s.entry[f"{modality}_transforms"] = s.writer.relative(s.transforms / f"{prefix}transforms.json")
+            s.qc_views.append(RegistrationView(modality, fixed, _by_position(s.raw[modality], fixed, _AIR.get(modality, 0.0)),
+                                               result.warped))
+
+
+def _mask_and_window_ct(s: _Subject) -> None:
+    """Artefact mask (the reference's, or the CT's own) and CT window; keeps the masked HU volume."""
+    from preprocessing.windowing import get_window, hu_to_window
+
+    ct, artefact, writer = s.registered["ct"], s.config["artefact"], s.writer
+    with s.timer("mask.ct"):
+        reference = s.job["references"].get("ct", {})
+        mask_inputs: list[dict] = []
+        if not artefact["enabled"]:
+            keep, masked = _like(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8), ct), ct
+        else:
+            if artefact["mode"] == "reference" and reference.get("mask"):
+                keep = _read_image(s.reference_file(reference["mask"]))
+                mask_inputs = [input_record(s.reference_file(reference["mask"]), f"references/{reference['mask']}",
+                                            "reference artefact mask", sha256=reference["mask_sha256"])]
+            else:
+                keep, s.metrics["artefact_mask"] = _build_artefact_mask(ct, artefact["options"])
+            masked = _apply_artefact_mask(ct, keep, float(artefact["outside_hu"]))
+        mask_path = writer.image(keep, f"{s.name}_ct_mask.nii.gz", "artefact_mask", mask_inputs, {"artefact": artefact})
+        hu_path = writer.image(masked, f"{s.name}_ct_hu.nii.gz", "artefact_mask",
+                               s.raw_inputs["ct"] + [writer.record(mask_path, "keep mask")],
+                               {"artefact": artefact, "transforms": s.transform_names("ct")})
+    with s.timer("window.ct"):
+        window = get_window(s.config["ct"]["window"])
+        out_range = s.config["ct"]["out_range"]
+        windowed = _like(np.asarray(hu_to_window(sitk.GetArrayFromImage(masked), window, out_range), np.float32), masked)
+        ct_path = writer.image(windowed, f"{s.name}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
+                               {"window": window.to_dict(), "out_range": out_range})
+    s.entry.update(ct=writer.relative(ct_path), ct_hu=writer.relative(hu_path), ct_mask=writer.relative(mask_path))
+    s.volumes["ct"], s.masks["ct"] = windowed, keep
+    if s.config["qc"]["enabled"]:
+        from preprocessing.qc import artefact_montage
+
+        with s.timer("qc"):
+            path = artefact_montage(ct, keep, masked, s.folder / "qc" / f"{s.name}_artefact.png",
+                                    title=f"{s.name}: CT artefact mask")
+            writer.track(path, "qc", [writer.record(mask_path, "keep mask")], {})
+
+
+def _normalise(image: sitk.Image, mask: np.ndarray, normalization: Mapping[str, Any]) -> sitk.Image:
+    """MR intensity normalisation inside ``mask`` (z-score, or percentiles to ``out_range``)."""
+    from preprocessing.normalization import percentile_normalize, zscore_normalize
+
+    array = sitk.GetArrayFromImage(image)
+    if normalization["method"] == "zscore":
+        values = zscore_normalize(array, mask)
+    else:
+        values = percentile_normalize(array, mask, normalization["lower"], normalization["upper"],
+                                      normalization["out_range"], outside_value=normalization["out_range"][0])
+    return _like(np.asarray(values, dtype=np.float32), image)
+
+
+def _normalise_mr(s: _Subject) -> None:
+    """Head mask and normalisation of every registered MR volume."""
+    from preprocessing.normalization import head_mask_mr
+
+    head_options, normalization = s.config["mr"]["head_mask"], s.config["mr"]["normalization"]
+    for modality in (m for m in s.job["modalities"] if m != "ct"):
+        with s.timer(f"normalise.{modality}"):
+            registered = s.registered[modality]
+            head = head_mask_mr(sitk.GetArrayFromImage(registered), **head_options)
+            mask = _like(head.astype(np.uint8), registered)
+            mask_path = s.writer.image(mask, f"{s.name}_{modality}_mask.nii.gz", "head_mask", s.raw_inputs[modality],
+                                       {"head_mask": head_options})
+            normalised = _normalise(registered, head, normalization)
+            path = s.writer.image(normalised, f"{s.name}_{modality}.nii.gz", "normalise",
+                                  s.raw_inputs[modality] + [s.writer.record(mask_path, "head mask")],
+                                  {"normalization": normalization, "transforms": s.transform_names(modality)})
+        s.entry.update({modality: s.writer.relative(path), f"{modality}_mask": s.writer.relative(mask_path)})
+        s.volumes[modality], s.masks[modality] = normalised, mask
+
+
+def _pair_within_subject(s: _Subject) -> None:
+    """Register T2 (and the other ``pairing.moving``) onto the subject's own T1, into T1's output grid."""
+    from preprocessing.qc import RegistrationView
+
+    pairing, normalization = s.config["pairing"], s.config["mr"]["normalization"]
+    fixed = pairing["fixed"]
+    if not pairing["enabled"] or fixed not in s.job["modalities"]:
+        return
+    config = pairing_config(s.config)
+    for moving in (m for m in pairing["moving"] if m in s.job["modalities"]):
+        key, prefix = f"{moving}_in_{fixed}", f"{moving}_to_{fixed}_"
+        with s.timer(f"pair.{moving}"):
+            result = _save_transforms(register(s.raw[moving], s.raw[fixed], config), s.transforms, prefix)
+            s.metrics["registration"][key] = dict(result.metrics)
+            s.track_transforms(prefix, "pair", s.raw_inputs[moving] + s.raw_inputs[fixed], {"registration": config.__dict__})
+            # One resampling of the raw volume: through the pair transform into the raw T1, then
+            # through T1's transforms into the T1 output grid (ANTs applies the list as a composition).
+            chain = s.forward[fixed] + list(result.forward_transforms)
+            paired = _warp(s.raw[moving], s.registered[fixed], chain, "linear", 0.0)
+            normalised = _normalise(paired, sitk.GetArrayFromImage(s.masks[fixed]) > 0, normalization)
+            mask_record = s.writer.record(s.output / s.entry[f"{fixed}_mask"], "head mask")
+            path = s.writer.image(normalised, f"{s.name}_{key}.nii.gz", "pair", s.raw_inputs[moving] + [mask_record],
+                                  {"normalization": normalization, "transforms": [Path(t).name for t in chain]})
+        s.entry.update({key: s.writer.relative(path), f"{key}_mask": s.entry[f"{fixed}_mask"],
+                        f"{key}_transforms": s.writer.relative(s.transforms / f"{prefix}transforms.json")})
+        s.volumes[key], s.masks[key] = normalised, s.masks[fixed]
+        s.qc_views.append(RegistrationView(f"{moving} -> own {fixed}", s.registered[fixed],
+                                           _by_position(s.raw[moving], s.registered[fixed], 0.0), paired))
+
+
+def _extract_slices(s: _Subject) -> None:
+    """Slices of every final volume, selected with its mask (a pair shares its T1's slices)."""
+    from preprocessing.slices import extract_slices, resolve_axis, save_slices
+
+    spec, normalization = s.config["slices"], s.config["mr"]["normalization"]
+    for key, volume in s.volumes.items():
+        with s.timer(f"slice.{key}"):
+            out_range = s.config["ct"]["out_range"] if key == "ct" else normalization["out_range"]
+            # z-scores have no fixed range: they are sliced as they are.
+            intensity = None if key != "ct" and normalization["method"] == "zscore" else out_range
+            axis = resolve_axis(spec["axis"], volume.GetDirection())
+            in_plane = tuple(n for a, n in enumerate(sitk.GetArrayViewFromImage(volume).shape) if a != axis)
+            slices, geometries = extract_slices(
+                volume, spec["axis"], spec["selection"], sitk.GetArrayFromImage(s.masks[key]) > 0, spec["neighbours"],
+                slice_size(s.config, in_plane), intensity_range=intensity,
+                out_range=out_range if intensity is not None else (-1.0, 1.0), interpolation=spec["interpolation"])
+            paths = save_slices(slices, geometries, s.folder / "slices" / key, f"{s.name}_{key}", spec["compress"])
+            source = s.writer.record(s.output / s.entry[key], "volume")
+            for path in paths:
+                s.writer.track(path, "slice", [source], {"slices": spec, "output_shape": list(geometries[0].output_shape)})
+            s.entry[f"{key}_slices"] = [s.writer.relative(p) for p in paths[:-1]]
+            s.entry[f"{key}_slice_index"] = s.writer.relative(paths[-1])
+            s.strips[key] = slices
+
+
+def _carry_truth(s: _Subject) -> None:
+    """Demo truth of every other modality (and the labels) in each modality's output space.
+
+    Each truth volume is rendered into the modality's raw scanner grid through the known pose, then
+    through the modality's own registration transforms: it is misaligned and realigned exactly like
+    the registered volume, so a translation of that volume can be compared with it voxel by voxel.
+    """
+    from preprocessing.demo.pose import render_in_raw
+
+    truth = _truth_volumes(Path(s.job["truth"]))
+    inputs = [{"name": f"truth/{s.name}", "role": "demo truth", "sha256": s.job["inputs_sha256"]["truth"]}]
+    for modality in (m for m in s.job["modalities"] if m in _TRUTH_MODALITIES):
+        with s.timer(f"truth.{modality}"):
+            grid = _raw_grid(modality, truth, Path(s.job["volumes"][modality]))
+            pose, target, transforms = truth["poses"][modality], s.registered[modality], s.forward[modality]
+            parameters = {"transforms": s.transform_names(modality)}
+            for other in (n for n in _TRUTH_MODALITIES if n != modality):
+                air = _AIR.get(other, 0.0)
+                rendered = render_in_raw(truth["arrays"][other], truth["grid"], pose, grid, order=1, cval=air)
+                image = _warp(_grid_image(rendered, grid), target, transforms, "linear", air)
+                path = s.writer.image(image, f"{s.name}_truth_{other}_in_{modality}.nii.gz", "truth", inputs, parameters)
+                s.entry[f"truth_{other}_in_{modality}"] = s.writer.relative(path)
+            # The raw CT labels hold the head holder too (labels 9-11).
+            labels = truth["ct_labels"] if modality == "ct" else render_in_raw(
+                truth["labels"], truth["grid"], pose, grid, order=0, cval=0)
+            image = _warp(_grid_image(labels.astype(np.uint8), grid), target, transforms, "genericLabel", 0)
+            path = s.writer.image(sitk.Cast(image, sitk.sitkUInt8), f"{s.name}_truth_labels_in_{modality}.nii.gz",
+                                  "truth", inputs, parameters)
+            s.entry[f"truth_labels_in_{modality}"] = s.writer.relative(path)
+
+
+def _draw_qc(s: _Subject) -> None:
+    """Registration montage and slice strip (the artefact montage is drawn with the mask)."""
+    from preprocessing.qc import registration_montage, slice_strip
+
+    with s.timer("qc"):
+        if s.qc_views:
+            path = registration_montage(s.qc_views, s.folder / "qc" / f"{s.name}_registration.png",
+                                        title=f"{s.name}: registration (contours of the reference)")
+            s.writer.track(path, "qc", [], {})
+        if s.strips:
+            path = slice_strip(s.strips, s.folder / "qc" / f"{s.name}_slices.png", title=f"{s.name}: extracted slices",
+                               n_slices=s.config["qc"]["slices_in_strip"])
+            s.writer.track(path, "qc", [], {})
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ __all__ = [
     "config_sha256",
     "load_config",
     "merge_config",
+    "output_min_spacing",
+    "pairing_config",
     "read_config_file",
     "registration_config",
     "shipped_config_path",
@@ -64,6 +66,7 @@ _OPEN_SECTIONS = {
     ("artefact", "options"),
     ("slices", "selection"),
     ("pairing", "registration"),
+    ("registration", "output_min_spacing_mm"),
 }
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -97,6 +100,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "write_pseudonym_map": False,
     "registration": {
         "enabled": True,
+        # Coarsest useful output grid: a reference finer than this (mm; a number, or per modality
+        # {ct: 1.0}) is smoothed and resampled so that no voxel side is smaller. A 0.5 mm CT
+        # registers and stores 3-4 times faster on a 1 mm grid, which is finer than MR anyway.
+        "output_min_spacing_mm": None,
         # RegistrationConfig fields for every modality, then per group (ct / mr), then per MR
         # modality (t1, t2, ... as extra keys). "reference" is a source subject name or an image
         # file; null chooses the most similar volume after rigid alignment.
@@ -279,6 +286,14 @@ def registration_config(config: Mapping[str, Any], modality: str) -> Registratio
     return RegistrationConfig.from_dict(values)
 
 
+def output_min_spacing(config: Mapping[str, Any], modality: str) -> float | None:
+    """``registration.output_min_spacing_mm`` of ``modality`` (``None``: the reference's own grid)."""
+    value = config["registration"]["output_min_spacing_mm"]
+    if isinstance(value, Mapping):
+        value = value.get(modality)
+    return None if value is None else float(value)
+
+
 def pairing_config(config: Mapping[str, Any]) -> RegistrationConfig:
     """Registration parameters of the within-subject pairing (MR ``common`` + ``mr`` + ``pairing.registration``)."""
     values = dict(config["registration"].get("common") or {})
@@ -345,7 +360,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise _fail("pseudonym.salt", "must be a string")
 
     registration = config["registration"]
-    modalities = [k for k in registration if k not in ("enabled", "common", "ct", "mr")]
+    modalities = [k for k in registration if k not in ("enabled", "output_min_spacing_mm", "common", "ct", "mr")]
     for modality in modalities:
         if modality.upper().split("-")[0] not in MR_MODALITIES or modality != modality.lower():
             raise _fail(f"registration.{modality}", f"unknown section; per-modality sections are lower-case MR "
@@ -355,6 +370,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             registration_config(config, modality)
         except (TypeError, ValueError) as error:
             raise _fail(f"registration.{modality}", str(error)) from None
+    minimum = registration["output_min_spacing_mm"]
+    values = list(minimum.values()) if isinstance(minimum, Mapping) else [minimum]
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) for v in values):
+        raise _fail("registration.output_min_spacing_mm", f"must be null, a positive number or {{modality: number}}, got {minimum!r}")
     pairing = config["pairing"]
     if isinstance(pairing["moving"], str):
         pairing["moving"] = [pairing["moving"]]

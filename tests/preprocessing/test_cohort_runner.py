@@ -27,7 +27,15 @@ from monai.data import load_decathlon_datalist
 
 from preprocessing.cli import main as cli_main
 from preprocessing.artefact_mask import measure_artefact_removal
-from preprocessing.cohort import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, discover_subjects, run_cohort, split_subjects
+from preprocessing.cohort import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    _coarsened,
+    discover_subjects,
+    run_cohort,
+    split_subjects,
+)
 from preprocessing.config import load_config
 from preprocessing.demo import build_demo_cohort
 from preprocessing.demo.head_holder import CONTACT_PAD, COUCH, HOLDER_PLATE
@@ -271,7 +279,7 @@ def test_killed_run_resumes_to_the_same_bytes(run, cohort, fast_config, tmp_path
     process.wait()
     assert not (output / "dataset.json").exists()
     report = run_cohort(fast_config, cohort, output, workers=2, progress=False)
-    assert report["counts"]["skipped-finished"] >= 1 and report["counts"]["failed"] == 0
+    assert report["counts"][STATUS_SKIPPED] >= 1 and report["counts"]["failed"] == 0
     assert _tree_bytes(output) == _tree_bytes(run)
 
 
@@ -305,9 +313,17 @@ def _bad_cohort(cohort: Path, folder: Path) -> dict[str, str]:
 
 
 def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
+    """Each bad input fails its subject with the file and the problem named; the good subject finishes.
+
+    The run also exercises the options the main run leaves at their demo values: a T1 reference
+    given as an image file, the per-subject artefact mask and the pseudonym map.
+    """
     expected = _bad_cohort(cohort, tmp_path / "input")
+    template = tmp_path / "template-T1.nii.gz"
+    shutil.copy(cohort / "raw" / "mri" / "demo002-T1.nii.gz", template)
     config = tmp_path / "fast.yaml"
-    config.write_text(FAST + "write_pseudonym_map: true\n")
+    config.write_text(FAST + f"  t1:\n    reference: {template}\nartefact:\n  mode: per_subject\n"
+                             "write_pseudonym_map: true\n")
     output = tmp_path / "output"
     result = _run_cli("run", "--config", str(config), "--input", str(tmp_path / "input"), "--output", str(output),
                       "--workers", "2", "--quiet")
@@ -323,6 +339,13 @@ def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
     assert [e["subject"] for s in ("training", "validation", "test") for e in _datalist(output)[s]] == [names["demo001"]]
     assert "1 ok, 0 already finished, 5 failed" in result.stdout
     assert f"{names['cut']}: <input>/raw/ct/{names['cut']}/" in result.stderr
+    good = rows[names["demo001"]]
+    assert _datalist(output)["references"]["t1"] == {"kind": "file", "file": "template-T1.nii.gz"}
+    assert not good["registration"]["t1"]["reference"]  # registered onto the file, not the identity
+    assert good["registration"]["t1"]["ncc_after"] > good["registration"]["t1"]["ncc_before"]
+    marker = json.loads((output / "subjects" / names["demo001"] / f"{names['demo001']}_subject.json").read_text())
+    assert marker["metrics"]["artefact_mask"]["automatic"]  # its own mask, built on its registered CT
+    assert not (output / "references" / "reference_ct_mask.nii.gz").exists()
 
 
 def test_discovery_of_layouts(cohort, tmp_path):
@@ -377,3 +400,22 @@ def test_cli_usage_errors_are_one_line_with_status_2(arguments, message, cohort,
     assert stop.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("preprocessing run: error: ") and message in error
+
+
+def test_reference_grid_coarsening_keeps_the_field_of_view_and_the_signal():
+    """``registration.output_min_spacing_mm``: a 0.5 mm reference becomes 1 mm, a 4 mm one is kept."""
+    array = np.zeros((12, 40, 40), np.float32)
+    array[:, 20, :] = 1.0  # a thin sheet: smoothing must spread it, not lose it
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.5, 1.25))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    coarse = _coarsened(image, 1.0, 0.0)
+    assert coarse.GetSize() == (20, 20, 12) and coarse.GetSpacing() == (1.0, 1.0, 1.25)
+
+    def centre(im):
+        return np.asarray(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
+
+    np.testing.assert_allclose(centre(coarse), centre(image))
+    # The signal is conserved: 4 fine voxels per coarse voxel in-plane.
+    assert sitk.GetArrayFromImage(coarse).sum() * 4 == pytest.approx(array.sum(), rel=1e-3)
+    assert _coarsened(coarse, 1.0, 0.0) is coarse

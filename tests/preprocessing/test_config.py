@@ -15,6 +15,7 @@ from preprocessing.config import (
     load_config,
     merge_config,
     pairing_config,
+    output_min_spacing,
     registration_config,
     shipped_config_path,
     slice_size,
@@ -100,6 +101,7 @@ def test_mapping_input_and_registration_layers():
         ({"registration": {"enabled": False}}, "artefact.mode"),
         ({"pairing": {"fixed": "t2", "moving": ["t2"]}}, "pairing"),
         ({"pseudonym": {"length": 4}}, "pseudonym.length"),
+        ({"registration": {"output_min_spacing_mm": {"ct": -1}}}, "registration.output_min_spacing_mm"),
         ({"slices": 3}, "must be a mapping"),
     ],
 )
@@ -149,3 +151,10 @@ def test_merge_config_replaces_lists_and_keeps_free_sections_open():
     assert merged["input"]["modalities"] == ["t1"]
     assert merged["artefact"]["options"] == {"any": 1}
     assert DEFAULT_CONFIG["input"]["modalities"] is None  # defaults untouched
+
+
+def test_output_min_spacing_per_modality_or_for_all():
+    assert output_min_spacing(load_config("demo"), "ct") == 1.0
+    assert output_min_spacing(load_config("demo"), "t1") is None
+    assert output_min_spacing(load_config({"registration": {"output_min_spacing_mm": 2}}), "t2") == 2.0
+    assert output_min_spacing(load_config("ixi"), "t1") is None

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modality_translation.data.datalist import DatalistError, load_translation_datalist, read_datalist
+from modality_translation.data.datalist import DatalistError, load_translation_datalist, read_datalist, slices_key
 from modality_translation.engines.checkpoint import latest_checkpoint
 from preprocessing.errors import PreprocessingError
 
@@ -151,6 +151,7 @@ def prepare_datalist(
     preprocessing_config: str | os.PathLike | Mapping[str, Any] = "demo",
     workers: int | None = None,
     require_slices: bool = True,
+    slice_keys: Sequence[str] = (),
     progress: bool = True,
 ) -> str:
     """The checked datalist of a bundle; with ``build_demo``, the demo cohort is made first if missing.
@@ -168,6 +169,8 @@ def prepare_datalist(
         preprocessing_config: the preprocessing configuration (shipped name, file or mapping).
         workers: processes of the demo build and preprocessing (default: one per core).
         require_slices: check the modalities' slice lists (training), or their volumes (inference).
+        slice_keys: more slice lists every item must have, as ``"<key>_slices"``, beyond the
+            declared modalities: a registered pair such as ``"t2_in_t1"``.
         progress: progress bars while building.
 
     Under ``torch.distributed`` (``multi_gpu_train.json``), every rank must call this: rank 0
@@ -204,8 +207,25 @@ def prepare_datalist(
     if not path.is_file():
         raise DatalistError(path, "datalist does not exist (it was to be prepared by rank 0)")
     for split in splits:
-        load_translation_datalist(path, split, modalities=modalities, require_slices=require_slices)
+        items = load_translation_datalist(path, split, modalities=modalities, require_slices=require_slices)
+        for key in slice_keys:
+            _check_slice_list(path, split, items, key)
     return str(path)
+
+
+def _check_slice_list(datalist: Path, split: str, items: Sequence[Mapping[str, Any]], key: str) -> None:
+    """Every item of ``split`` lists ``<key>_slices`` files that exist (a pair key: not a declared modality)."""
+    list_key = slices_key(key)
+    for item in items:
+        subject = item.get("subject")
+        files = item.get(list_key)
+        if not isinstance(files, list) or not files:
+            raise DatalistError(
+                datalist, f"subject {subject!r} in split {split!r} has no {list_key!r} (a non-empty list of slice files)"
+            )
+        missing = [file for file in files if not os.path.isfile(file)]
+        if missing:
+            raise DatalistError(missing[0], f"{key} slice file of subject {subject!r} does not exist (listed in {datalist})")
 
 
 def resume_checkpoint(ckpt_dir: str | os.PathLike, resume: bool | str | os.PathLike = True,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,7 @@ def matched_slice_dataset(
     crop_size: Sequence[int] | None = None,
     source_key: str = "A",
     output_target_key: str = "B",
+    mask_output_key: str | None = None,
 ) -> Dataset:
     """Pairs ``{A: source slice, B: target volume cut at that slice}`` of one datalist split.
 
@@ -176,19 +178,22 @@ def matched_slice_dataset(
         target_modality: modality of the target (``"ct"``, ``"t2"``...): how it is brought to the
             network scale, and the name its file must not contradict.
         split: datalist split.
-        mask_key: item key of the head mask used to normalise an MR target (``None``: computed from
-            the target, ``IntensityMapping.compute_head_mask``). Unused for CT and for targets on
-            the network scale.
+        mask_key: item key of the head mask on the source's grid, used to normalise an MR target and
+            returned under ``mask_output_key`` (``None``: computed from the target in its own units,
+            ``IntensityMapping.compute_head_mask``).
         target_intensity: keyword arguments of ``IntensityMapping`` overriding what the datalist
             records (its ``ct_window`` and ``normalisation``); ``{"on_network_scale": true}`` for a
             target the preprocessing already normalised (``t2_in_t1``, ``t1``, ``ct``).
         crop_size: (rows, columns) of the returned images; ``None`` keeps the recorded slice size.
         source_key: output key of the source slices.
         output_target_key: output key of the target slices.
+        mask_output_key: also return the head mask cut like the slices (1 inside, 0 outside) under
+            this key, so that metrics can leave out the background (e.g. ``MaskIntensityd``):
+            whole-slice SSIM is dominated by how exactly the air matches.
 
     Returns:
         A MONAI ``Dataset`` of ``{source_key: (C, H, W), output_target_key: (1, H, W)}`` float32
-        tensors, in datalist order (subjects, then slices).
+        tensors (and ``mask_output_key: (1, H, W)``), in datalist order (subjects, then slices).
 
     Raises:
         DatalistError: a missing split, key, slice or index entry (the file and subject named).
@@ -214,15 +219,23 @@ def matched_slice_dataset(
         check_modality_name(target_path, target_modality, name=str(listed[target_key]))
         target = _read_image(target_path, f"{target_key} volume of subject {subject!r}")
         _check_grid(target, target_path, geometries[0], index_path)
+        target_array = sitk.GetArrayFromImage(target)
         mask = None
-        if mask_key is not None and not mapping.is_ct and not mapping.on_network_scale:
+        if mask_key is not None:
             mask_path = _listed_path(base, item.get(mask_key), subject, mask_key, path)
             mask_image = _read_image(mask_path, f"{mask_key} mask of subject {subject!r}")
             _check_grid(mask_image, mask_path, geometries[0], index_path)
             mask = sitk.GetArrayFromImage(mask_image) > 0
-        on_scale = mapping.to_network(sitk.GetArrayFromImage(target), mask)
+        elif mask_output_key is not None:
+            mask = mapping.compute_head_mask(target_array)
+        on_scale = mapping.to_network(target_array, mask)
         targets = matched_target_slices(on_scale, geometries, pad_value=mapping.background_value)
-        for file, target_slice in zip(files, targets):
+        masks = [None] * len(targets)
+        if mask_output_key is not None:
+            # Nearest-neighbour resizing keeps the mask binary; the padding is outside the head.
+            mask_geometries = [replace(g, interpolation="nearest-exact") for g in geometries]
+            masks = [m > 0.5 for m in matched_target_slices(mask.astype(np.float32), mask_geometries, pad_value=0.0)]
+        for file, target_slice, mask_slice in zip(files, targets, masks):
             source_slice = _load_slice(file)
             if source_slice.shape[1:] != target_slice.shape[-2:]:
                 raise DatalistError(
@@ -230,8 +243,14 @@ def matched_slice_dataset(
                 )
             # The target is compared with the generator's one-channel output: the centre channel.
             centre = target_slice if target_slice.ndim == 2 else target_slice[target_slice.shape[0] // 2]
-            records.append({source_key: torch.from_numpy(source_slice), output_target_key: torch.from_numpy(centre[None].copy())})
+            record = {source_key: torch.from_numpy(source_slice), output_target_key: torch.from_numpy(centre[None].copy())}
+            if mask_slice is not None:
+                centre_mask = mask_slice if mask_slice.ndim == 2 else mask_slice[mask_slice.shape[0] // 2]
+                record[mask_output_key] = torch.from_numpy(centre_mask[None].astype(np.float32))
+            records.append(record)
     transform = None
     if crop_size is not None:
-        transform = Resized((source_key, output_target_key), spatial_size=tuple(int(n) for n in crop_size), mode="bilinear")
+        keys = (source_key, output_target_key) + ((mask_output_key,) if mask_output_key is not None else ())
+        modes = ("bilinear", "bilinear", "nearest")[: len(keys)]
+        transform = Resized(keys, spatial_size=tuple(int(n) for n in crop_size), mode=modes)
     return Dataset(records, transform=transform)

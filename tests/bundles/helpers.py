@@ -67,10 +67,20 @@ def bundle_command(command: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", command, *args]
 
 
+def torchrun_command(processes: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=<processes> -m monai.bundle <args>``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc_per_node={processes}", "-m", "monai.bundle", *args]
+
+
 def run_bundle(command: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <command> <args>``; fail the test with its output if it fails."""
-    result = subprocess.run(bundle_command(command, *args), cwd=cwd, env=bundle_env(), capture_output=True, text=True,
-                            timeout=timeout)
+    return run_checked(bundle_command(command, *args), cwd=cwd, timeout=timeout)
+
+
+def run_checked(command: list[str], cwd: Path = REPO_ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run a command with :func:`bundle_env`; fail the test with its output if it fails."""
+    result = subprocess.run(command, cwd=cwd, env=bundle_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 

@@ -27,6 +27,8 @@ from tests.bundles.helpers import (
     kill_after_file,
     root_cause,
     run_bundle,
+    run_checked,
+    torchrun_command,
 )
 
 BUNDLE = BUNDLES / "cyclegan_t1_t2"
@@ -77,6 +79,19 @@ def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, 
     # Exactly the state of the run that was never interrupted: weights, Adam moments and steps,
     # LR schedules, image pools, random generators, epoch and iteration.
     assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(tmp_path / "models", 2))
+
+
+def test_multi_process_training_with_distributed_data_parallel(demo_dataset, tmp_path):
+    # Two CPU processes with the gloo backend stand for two GPUs: the same config, the same code path.
+    configs = "['bundles/cyclegan_t1_t2/configs/train.json','bundles/cyclegan_t1_t2/configs/multi_gpu_train.json']"
+    log = run_checked(torchrun_command(2, "run", "training", "--config_file", configs, "--dataset_dir", str(demo_dataset),
+                                       "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+                                       "--train#trainer#max_epochs", "1", *cli(TINY_TRAINING))).stdout
+    # Rank 0 alone logs, validates into the log and saves; the weights are saved without the DDP wrapper.
+    assert len(re.findall(r"Epoch\[1\] Metrics -- .*val_t1_to_t2_ssim", log)) == 1
+    assert checkpoint_path(tmp_path / "models", 1).is_file()
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(model) == {"g_ab", "g_ba"} and not any(key.startswith("module.") for key in model["g_ab"])
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,19 @@ def test_prepare_datalist_checks_splits_and_modalities(tmp_path):
         prepare_datalist(datalist, ("t1", "t2"), splits=("training",))
 
 
+def test_prepare_datalist_checks_slice_lists_of_registered_pairs(tmp_path):
+    datalist = write_cohort(tmp_path / "cohort", modalities=("t1", "t2", "t2_in_t1"), declared=["t1", "t2"])
+    assert prepare_datalist(datalist, ("t1",), slice_keys=("t2_in_t1",)) == str(datalist.resolve())
+    content = json.loads(datalist.read_text())
+    missing = tmp_path / "cohort" / content["validation"][0]["t2_in_t1_slices"][1]
+    missing.unlink()
+    with pytest.raises(DatalistError, match=rf"{missing}: t2_in_t1 slice file of subject 'sub-003' does not exist"):
+        prepare_datalist(datalist, ("t1",), slice_keys=("t2_in_t1",))
+    edit_datalist(datalist, lambda content: content["training"][1].pop("t2_in_t1_slices"))
+    with pytest.raises(DatalistError, match="subject 'sub-002' in split 'training' has no 't2_in_t1_slices'"):
+        prepare_datalist(datalist, ("t1",), slice_keys=("t2_in_t1",))
+
+
 def test_prepare_datalist_without_a_datalist_says_how_to_make_one(tmp_path):
     with pytest.raises(DatalistError, match=r"dataset\.json: datalist does not exist: preprocess a cohort"):
         prepare_datalist(tmp_path / "missing" / "dataset.json", ("t1", "t2"))

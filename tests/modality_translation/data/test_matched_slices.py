@@ -137,3 +137,24 @@ def test_missing_keys_and_wrong_modality_names_are_refused(tmp_path):
     item["truth_ct_in_t2"] = "sub-01/sub-01_t1.nii.gz"
     with pytest.raises(ModalityMismatchError, match="named as a T1 image but is used as CT"):
         matched_slice_dataset(write_datalist(tmp_path, [item]), "t2", "truth_ct_in_t2", "ct")
+
+
+def test_head_mask_is_cut_like_the_slices_from_the_mask_file_or_the_target(tmp_path):
+    target_hu = np.full(SHAPE, -1000.0, dtype=np.float32)
+    target_hu[:, 6:14, 4:12] = 40.0  # a "head" block of soft tissue in air
+    item = write_subject(tmp_path, "sub-01", target_hu, "sub-01_truth_ct_in_t2.nii.gz", indices=(5,))
+    box = np.zeros(SHAPE, dtype=np.uint8)
+    box[:, 2:18, 2:14] = 1  # a larger mask file, to tell it from the mask computed from the target
+    sitk.WriteImage(image(box), str(tmp_path / "sub-01" / "sub-01_t2_mask.nii.gz"))
+    item["t2_mask"] = "sub-01/sub-01_t2_mask.nii.gz"
+    datalist = write_datalist(tmp_path, [item])
+
+    from_file = matched_slice_dataset(datalist, "t2", "truth_ct_in_t2", "ct", mask_key="t2_mask", mask_output_key="mask")[0]
+    computed = matched_slice_dataset(datalist, "t2", "truth_ct_in_t2", "ct", mask_output_key="mask", crop_size=(32, 32))[0]
+    expected_box = extract_slices(image(box.astype(np.float32)), "axial", {"mode": "indices", "indices": [5]},
+                                  output_shape=(16, 16), interpolation="nearest-exact", pad_value=0.0)[0][0] > 0.5
+    np.testing.assert_array_equal(from_file["mask"].numpy()[0], expected_box.astype(np.float32))
+    assert set(np.unique(computed["mask"].numpy())) == {0.0, 1.0} and computed["mask"].shape == (1, 32, 32)
+    # The computed head mask covers the tissue block only, a smaller part of the slice than the mask file.
+    assert 0 < computed["mask"].mean() < 0.6 * from_file["mask"].mean()
+    assert "mask" not in matched_slice_dataset(datalist, "t2", "truth_ct_in_t2", "ct", mask_key="t2_mask")[0]

@@ -106,7 +106,8 @@ def inferred(demo_dataset, trained):
 
 def test_inference_translates_test_volumes_onto_their_own_grid(demo_dataset, inferred):
     test_items = json.loads((demo_dataset / "dataset.json").read_text())["test"]
-    for direction, source in (("t1_to_t2", "t1"), ("t2_to_t1", "t2")):
+    # T2 -> T1 translates the T2 registered onto the T1 (the space the generators were trained in).
+    for direction, source in (("t1_to_t2", "t1"), ("t2_to_t1", "t2_in_t1")):
         predictions = json.loads((inferred / direction / "predictions.json").read_text())["test"]
         assert [p["subject"] for p in predictions] == [item["subject"] for item in test_items]
         for item, prediction in zip(test_items, predictions):
@@ -129,6 +130,7 @@ def test_evaluation_writes_per_subject_metrics_and_summary(demo_dataset, inferre
         assert all(0.0 < float(row["ssim"]) <= 1.0 and float(row["psnr_db"]) > 0 for row in rows)
         summary = json.loads((inferred / direction / "metrics_summary.json").read_text())
         assert summary["evaluation"]["modality"] == target and summary["evaluation"]["data_range"] == 2.0
+        assert summary["evaluation"]["target_key"] == {"t2": "truth_t2_in_t1", "t1": "t1"}[target]
         assert summary["ssim"]["n"] == len(subjects)
 
 
@@ -156,8 +158,13 @@ def test_bundle_root_and_default_paths_from_repository_and_bundle_folder(monkeyp
     workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="ckpt_dir")
     workflow.initialize()
     assert workflow.run() == [str(BUNDLE / "models")]
-    # The default data: the full-size demo cohort of the repository's demo_data folder (the quick start's).
+    # The default data: the full-size demo cohort in the repository's demo_data/full folder.
     workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="dataset_dir")
+    workflow.initialize()
+    assert workflow.run() == [str(REPO_ROOT / "demo_data" / "full" / "preprocessed")]
+    # The small one is the cohort of the repository's quick start.
+    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="dataset_dir",
+                              **{"demo#size": "small"})
     workflow.initialize()
     assert workflow.run() == [str(REPO_ROOT / "demo_data" / "preprocessed")]
 

@@ -14,7 +14,10 @@ one split with absolute paths, after checking everything a training needs so tha
 fails at once with the file and the problem named, not hours later inside a data loader worker:
 the file exists and is JSON, the split exists and is not empty, every item names its subject and has
 every requested modality, every listed slice file exists, the first slice of each subject is a 2D
-(or 2.5D) image, and no file listed under one modality is named after another one.
+(or 2.5D) image, and no file listed under one modality is named after another one. The keys the
+preprocessing writes for a volume registered into another modality's space (``t2_in_t1``: the T2 on
+its subject's T1 grid) and for a demo cohort's ground truth (``truth_ct_in_t2``) are requested like
+modalities; their files are checked against the modality of their image (T2, CT), not of the space.
 
 Paths are resolved here rather than by :func:`monai.data.load_decathlon_datalist`: MONAI joins a
 value with the datalist folder only when the joined path exists (so a missing slice would be reported
@@ -48,9 +51,15 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
     "ct": ("ct",),
 }
 
-#: Item keys whose values are file paths (besides the modality names themselves).
+#: Prefix of the keys of a demo cohort's ground truth (``truth_t2_in_t1``: the true T2 on the T1 grid).
+TRUTH_PREFIX = "truth_"
+#: Separator of the keys of a volume registered into another modality's space (``t2_in_t1``: the T2
+#: resampled onto its subject's T1 grid), as the preprocessing names them.
+SPACE_SEPARATOR = "_in_"
+
+#: Item keys whose values are file paths (besides the requested keys themselves).
 _PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices")
-_PATH_KEY_PREFIXES = ("truth_",)
+_PATH_KEY_PREFIXES = (TRUTH_PREFIX,)
 
 
 class DatalistError(PreprocessingError):
@@ -64,6 +73,20 @@ class ModalityMismatchError(PreprocessingError):
 def slices_key(modality: str) -> str:
     """Datalist key of a modality's slice list (``"t1"`` -> ``"t1_slices"``)."""
     return f"{modality}_slices"
+
+
+def modality_of_key(key: str) -> str:
+    """The modality of the image a datalist key names: its contrast, not the space it was resampled into.
+
+    Args:
+        key: a modality (``"t1"``), a registered volume ``"<image>_in_<space>"`` (``"t2_in_t1"``) or a
+            ground truth ``"truth_<image>[_in_<space>]"`` (``"truth_ct_in_t2"``).
+
+    Returns:
+        The image's modality, lower case: ``"t1"``, ``"t2"``, ``"ct"`` for the examples above.
+    """
+    name = key.lower().removeprefix(TRUTH_PREFIX)
+    return name.partition(SPACE_SEPARATOR)[0]
 
 
 def _is_path_key(key: str, modalities: Iterable[str]) -> bool:
@@ -110,7 +133,9 @@ def check_modality_name(path: str | os.PathLike, expected: str, name: str | None
 
     Args:
         path: the file, for the error message.
-        expected: the modality the file is used as.
+        expected: the modality the file is used as, or the datalist key it is listed under: a
+            registered volume or a truth key is checked against its image's modality
+            (:func:`modality_of_key`: ``"t2_in_t1"`` and ``"truth_t2_in_t1"`` expect a T2).
         name: the part of the path to inspect (default: the whole path); the datalist passes the
             path as listed, relative to its folder, so folders above the cohort do not count.
         known: modality names to recognise.
@@ -118,7 +143,7 @@ def check_modality_name(path: str | os.PathLike, expected: str, name: str | None
     Raises:
         ModalityMismatchError: naming the file, the modality it is named after and the expected one.
     """
-    expected = expected.lower()
+    expected = modality_of_key(expected)
     found = modality_named_in(os.fspath(path) if name is None else name, {*known, expected})
     if found and expected not in found:
         raise ModalityMismatchError(
@@ -173,17 +198,19 @@ def load_translation_datalist(
     Args:
         path: the ``dataset.json`` file.
         split: ``"training"``, ``"validation"``, ``"test"`` (or any list key of the file).
-        modalities: modalities every item must have (e.g. ``("t1", "t2")``); also checked against the
-            datalist's ``"modalities"`` declaration when it has one.
-        require_slices: require ``"<modality>_slices"`` (non-empty) for each modality; otherwise
-            require the ``"<modality>"`` volume.
+        modalities: keys every item must have: modalities (e.g. ``("t1", "t2")``), registered
+            volumes (``"t2_in_t1"``) or ground truths (``"truth_ct_in_t2"``). The modality of each
+            key's image (:func:`modality_of_key`) must be among the datalist's ``"modalities"`` when
+            it declares them, and every file listed under the key must not be named after another one.
+        require_slices: require ``"<key>_slices"`` (non-empty) for each key; otherwise require the
+            ``"<key>"`` volume.
         check_files: check that every listed slice (or volume) file exists and that the first slice
             of each subject is a 2D / 2.5D image.
         slice_channels: expected channels per slice (1 for 2D, ``2N + 1`` for 2.5D); ``None``: any.
 
     Returns:
-        The split's items, each a dict with ``"subject"`` and absolute paths for the modality keys,
-        ``*_slices``, ``*_mask``, ``*_mask_slices`` and ``truth_*`` keys.
+        The split's items, each a dict with ``"subject"`` and absolute paths for the requested keys,
+        the declared modalities, ``*_slices``, ``*_mask``, ``*_mask_slices`` and ``truth_*`` keys.
 
     Raises:
         DatalistError: missing or malformed file, missing or empty split, item without subject or
@@ -198,7 +225,10 @@ def load_translation_datalist(
     declared = content.get("modalities")
     if declared is not None:
         declared = [str(m).lower() for m in declared]
-        undeclared = [m for m in modalities if m not in declared]
+        undeclared = [
+            m if modality_of_key(m) == m else f"{modality_of_key(m)} ({m})"
+            for m in modalities if modality_of_key(m) not in declared
+        ]
         if undeclared:
             raise DatalistError(
                 path, f"modalities {undeclared} are not among the datalist's modalities {declared}"
@@ -212,7 +242,8 @@ def load_translation_datalist(
     if not raw_items:
         raise DatalistError(path, f"split {split!r} is empty: no subject to use")
 
-    known = {*MODALITY_ALIASES, *(declared or ()), *modalities}
+    known = {*MODALITY_ALIASES, *(declared or ()), *(modality_of_key(m) for m in modalities)}
+    path_keys = {*known, *modalities}
     base = path.parent
     items = []
     for position, raw in enumerate(raw_items):
@@ -232,7 +263,7 @@ def load_translation_datalist(
                 raise DatalistError(path, f"subject {subject!r} in split {split!r} has no {key!r} volume")
             for listed in value if isinstance(value, list) else [value]:
                 check_modality_name(base / listed, modality, name=listed, known=known)
-        item = {key: _resolve(base, value) if _is_path_key(key, known) else value for key, value in raw.items()}
+        item = {key: _resolve(base, value) if _is_path_key(key, path_keys) else value for key, value in raw.items()}
         if check_files:
             for modality in modalities:
                 key = slices_key(modality) if require_slices else modality

@@ -21,13 +21,12 @@ random transforms run per sample, re-seeded from the sample's seed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose
 
 from modality_translation.data.datalist import (
     DatalistError,
@@ -162,10 +161,30 @@ class PairedDataset(EpochSeededDataset):
         return item if self.keys is None else {key: item[key] for key in self.keys}
 
 
-def _cached(data: list[dict[str, Any]], transform: Callable, cache_rate: float, num_workers: int | None) -> Dataset:
+def _slice_dataset(
+    records: list[dict[str, Any]],
+    keys: str | Sequence[str],
+    train: bool,
+    crop_size: Sequence[int],
+    jitter_scale: float,
+    flip_prob: float,
+    flip_axis: int | Sequence[int] | None,
+    slice_channels: int,
+    cache_rate: float,
+    num_workers: int | None,
+) -> Dataset:
+    """A MONAI dataset of slice records: ``keys`` loaded and augmented (or their deterministic twin), cached.
+
+    The one loading path of both builders, so that unpaired training, paired training and
+    validation slices are read, resized and cropped alike.
+    """
+    if train:
+        transform = translation_train_transforms(keys, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
+    else:
+        transform = translation_eval_transforms(keys, crop_size, slice_channels)
     if cache_rate <= 0:
-        return Dataset(data, transform=transform)
-    return CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+        return Dataset(records, transform=transform)
+    return CacheDataset(records, transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
 
 
 def _items(datalist: str | os.PathLike | Items, split: str, modalities: Sequence[str], slice_channels: int) -> Items:
@@ -210,15 +229,13 @@ def unpaired_slice_dataset(
         An :class:`UnpairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
     """
     items = _items(datalist, split, (source, target), slice_channels)
-
-    def transform() -> Compose:
-        if train:
-            return translation_train_transforms("image", crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
-        return translation_eval_transforms("image", crop_size, slice_channels)
-
-    # One transform object per domain: each is re-seeded independently per sample.
-    domains = [_cached(flatten_slices(items, modality), transform(), cache_rate, num_workers) for modality in (source, target)]
-    return UnpairedDataset(domains[0], domains[1], seed=seed)
+    # One dataset, hence one transform object, per domain: each is re-seeded independently per sample.
+    domain_a, domain_b = (
+        _slice_dataset(flatten_slices(items, modality), "image", train, crop_size, jitter_scale, flip_prob, flip_axis,
+                       slice_channels, cache_rate, num_workers)
+        for modality in (source, target)
+    )
+    return UnpairedDataset(domain_a, domain_b, seed=seed)
 
 
 def paired_slice_dataset(
@@ -262,12 +279,10 @@ def paired_slice_dataset(
     items = _items(datalist, split, (source,) if target_key else (source, target), slice_channels)
     target_key = target_key or slices_key(target)
     keys = ("A", "B")
-    if train:
-        transform = translation_train_transforms(keys, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
-    else:
-        transform = translation_eval_transforms(keys, crop_size, slice_channels)
     records = pair_slices(items, slices_key(source), target_key, names=keys)
     for record in records:
         if not os.path.isfile(record["B"]):
             raise DatalistError(record["B"], f"{target_key} file of subject {record['subject']!r} does not exist")
-    return PairedDataset(_cached(records, transform, cache_rate, num_workers), seed=seed, keys=keys)
+    dataset = _slice_dataset(records, keys, train, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels,
+                             cache_rate, num_workers)
+    return PairedDataset(dataset, seed=seed, keys=keys)

@@ -40,12 +40,7 @@ import numpy as np
 import torch
 
 from modality_translation.inference.intensity import IntensityMapping
-from modality_translation.inference.volume import (
-    check_same_grid,
-    load_datalist_items,
-    read_nifti_header,
-    read_volume,
-)
+from modality_translation.inference.volume import check_files_on_grid, load_datalist_items, read_volume
 from modality_translation.metrics import (
     SYNTHRAD_HU_RANGE,
     InceptionFeatureExtractor,
@@ -189,10 +184,8 @@ def evaluate_translation(
     cases = []
     for item in items:
         pred_path, target_path, mask_path = item[pred_key], item[target_key], item.get(mask_key)
-        pred_header = read_nifti_header(pred_path, "prediction")
-        check_same_grid(read_nifti_header(target_path, "target"), target_path, pred_header, pred_path, "target")
-        if mask_path is not None:
-            check_same_grid(read_nifti_header(mask_path, "head mask"), mask_path, pred_header, pred_path, "head mask")
+        on_pred_grid = [(target_path, "target"), *([(mask_path, "head mask")] if mask_path is not None else [])]
+        check_files_on_grid(pred_path, "prediction", on_pred_grid)
         cases.append((item[subject_key], pred_path, target_path, mask_path))
 
     rows, pred_features, target_features = [], [], []

@@ -261,6 +261,27 @@ def check_same_grid(
         )
 
 
+def check_files_on_grid(
+    reference: str | os.PathLike, reference_what: str, others: Sequence[tuple[str | os.PathLike, str]] = ()
+) -> None:
+    """Raise unless ``reference`` is a readable 3D NIfTI and every other file lies on its voxel grid.
+
+    Reads headers only: the check a datalist command runs on every item before any work.
+
+    Args:
+        reference: the file whose grid the others must share (a prediction, a volume to translate).
+        reference_what: what ``reference`` is, for messages.
+        others: ``(path, what it is)`` of the files that must lie on the reference grid (a target, a mask).
+
+    Raises:
+        InputReadError: a missing or unreadable file, or one that is not a 3D volume.
+        GeometryError: a file on another grid (both files named).
+    """
+    reference_header = read_nifti_header(reference, reference_what)
+    for path, what in others:
+        check_same_grid(read_nifti_header(path, what), path, reference_header, reference, what)
+
+
 @dataclass(frozen=True)
 class CanonicalVolume:
     """A NIfTI volume brought to canonical orientation, with what is needed to go back to its file grid.
@@ -455,8 +476,7 @@ class VolumeTranslator:
         """
         mask = None
         if mask_path is not None:
-            mask_header = read_nifti_header(mask_path, "head mask")
-            check_same_grid(mask_header, mask_path, read_nifti_header(input_path), input_path, "head mask")
+            check_files_on_grid(input_path, "volume", [(mask_path, "head mask")])
             mask = read_volume(mask_path, "head mask").array > 0
         volume = read_volume(input_path)
         output = self.translate_array(volume.array, volume.spacing, mask)
@@ -647,12 +667,7 @@ def translate_datalist(
     path_keys = {source_key: "volume to translate", **({mask_key: "head mask"} if mask_key is not None else {})}
     items = load_datalist_items(datalist, split, base_dir, path_keys, subject_key)
     for item in items:
-        source = item[source_key]
-        if mask_key is not None:
-            mask = item[mask_key]
-            check_same_grid(read_nifti_header(mask, "head mask"), mask, read_nifti_header(source), source, "head mask")
-        else:
-            read_nifti_header(source)
+        check_files_on_grid(item[source_key], "volume", [(item[mask_key], "head mask")] if mask_key is not None else [])
 
     transform = TranslateVolumed(source_key, translator, output_dir, output_key, mask_key, subject_key)
     outputs = []

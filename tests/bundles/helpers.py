@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -10,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import run as run_in_process
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +110,98 @@ def kill_after_file(command: list[str], path: Path, cwd: Path = REPO_ROOT, timeo
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def training_args(config_file: str, dataset: Path, folder: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """``run training`` arguments of a tiny training of ``epochs`` epochs into ``folder/models`` and ``folder/eval``."""
+    return ["training", "--config_file", config_file, "--dataset_dir", str(dataset),
+            "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"),
+            "--train#trainer#max_epochs", str(epochs), *extra, *cli(TINY_TRAINING)]
+
+
+def train(config_file: str, dataset: Path, folder: Path, *extra: str, cwd: Path = REPO_ROOT) -> str:
+    """Run a two-epoch tiny training (:func:`training_args`); return its log (stdout and stderr)."""
+    result = run_bundle("run", *training_args(config_file, dataset, folder, *extra), cwd=cwd)
+    return result.stdout + result.stderr
+
+
+def train_with_two_processes(bundle: str, dataset: Path, folder: Path, *extra: str) -> str:
+    """One epoch of tiny training by two CPU processes (gloo) with the bundle's ``multi_gpu_train.json``; the log."""
+    configs = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/multi_gpu_train.json']"
+    return run_checked(torchrun_command(2, "run", *training_args(configs, dataset, folder, *extra, epochs=1))).stdout
+
+
+def load_generators(models: Path) -> dict:
+    """The ``model.pt`` a training saves: ``{"g_ab": state dict, "g_ba": state dict}``."""
+    return torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+
+
+def infer(config_file: str, dataset: Path, folder: Path, cwd: Path = REPO_ROOT) -> Path:
+    """Translate the test split with the tiny generators of ``folder/models``, with DICOM output; the output folder."""
+    run_bundle("run", "inference", "--config_file", config_file, "--dataset_dir", str(dataset),
+               "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), "--write_dicom", "True",
+               *cli(TINY_NETWORKS), cwd=cwd)
+    return folder / "eval"
+
+
+def split_items(dataset: Path, split: str = "test") -> list[dict]:
+    """The items of a split of a cohort's ``dataset.json``, as listed (relative paths)."""
+    return json.loads((dataset / "dataset.json").read_text())[split]
+
+
+def assert_predictions_on_source_grids(
+    dataset: Path, inferred: Path, direction: str, source_key: str
+) -> list[np.ndarray]:
+    """Every test subject has a prediction of ``direction`` on its ``source_key`` volume's grid, one DICOM file a slice.
+
+    Returns:
+        The prediction arrays, in subject order, for the direction's own value checks.
+    """
+    items = split_items(dataset)
+    predictions = json.loads((inferred / direction / "predictions.json").read_text())["test"]
+    assert [p["subject"] for p in predictions] == [item["subject"] for item in items]
+    arrays = []
+    for item, prediction in zip(items, predictions):
+        pred, source_image = nib.load(prediction["pred"]), nib.load(dataset / item[source_key])
+        assert pred.shape == source_image.shape
+        np.testing.assert_allclose(pred.affine, source_image.affine, atol=1e-4)
+        assert len(list((inferred / direction / item["subject"] / "pred_dicom").glob("*.dcm"))) == pred.shape[2]
+        arrays.append(pred.get_fdata())
+    return arrays
+
+
+def read_metrics(folder: Path) -> tuple[list[dict[str, str]], dict]:
+    """The per-subject rows of ``folder/metrics.csv`` and the summary ``folder/metrics_summary.json``."""
+    with open(folder / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows, json.loads((folder / "metrics_summary.json").read_text())
+
+
+def verify_metadata_and_network_shapes(configs: Path) -> None:
+    """``metadata.json`` against the MONAI bundle schema, and the default network against its data format."""
+    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(SCHEMA))
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "train.json"), device="cpu")
+
+
+def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path) -> torch.jit.ScriptModule:
+    """Export the trained tiny generator ``key`` of ``models/model.pt`` to TorchScript with ``ckpt_export``; load it."""
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(models / "model.pt"),
+                key_in_ckpt=key, meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE,
+                generator_channels=TINY_NETWORKS["generator_channels"])
+    return torch.jit.load(str(exported))
+
+
+def fail_before_training(configs: Path, tmp_path: Path, **overrides) -> BaseException:
+    """Run the tiny training of a bundle's ``configs/train.json`` in-process with overrides; check that it stopped
+    before training; return the root cause of its failure."""
+    arguments = {**TINY_TRAINING, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"),
+                 **overrides}
+    with pytest.raises(Exception) as failure:
+        run_in_process("training", config_file=str(configs / "train.json"), logging_file=False, **arguments)
+    assert not (tmp_path / "models").exists(), "training started before the error"
+    return root_cause(failure.value)
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -1,14 +1,12 @@
 """The CT <-> T2 CycleGAN bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
 
-import csv
 import json
 import re
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow
 from monai.bundle import run as run_in_process
 
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
@@ -16,20 +14,26 @@ from modality_translation.engines import checkpoint_path
 from modality_translation.networks import VGG19FeatureExtractor, WeightsFileError
 from tests.bundles.helpers import (
     BUNDLES,
-    IMAGE_SIZE,
     REPO_ROOT,
-    SCHEMA,
     TINY_NETWORKS,
     TINY_TRAINING,
     absolute_datalist_copy,
+    assert_predictions_on_source_grids,
     assert_same_training_state,
     bundle_command,
-    cli,
+    export_tiny_generator,
+    fail_before_training,
+    infer,
     kill_after_file,
+    load_generators,
+    read_metrics,
     root_cause,
     run_bundle,
-    run_checked,
-    torchrun_command,
+    split_items,
+    train,
+    train_with_two_processes,
+    training_args,
+    verify_metadata_and_network_shapes,
 )
 
 BUNDLE = BUNDLES / "cyclegan_ct_t2"
@@ -46,26 +50,23 @@ def vgg19_weights(tmp_path_factory):
     return path
 
 
-def train_args(dataset, folder, weights, epochs=2, config_file=TRAIN_CONFIG):
-    return ["training", "--config_file", config_file, "--dataset_dir", str(dataset), "--vgg19_weights", str(weights),
-            "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"),
-            "--train#trainer#max_epochs", str(epochs), "--grid_interval", "1", *cli(TINY_TRAINING)]
+def weights_and_grids(weights):
+    """The training arguments this bundle needs beyond the tiny ones: the VGG19 weights, image grids every epoch."""
+    return "--vgg19_weights", str(weights), "--grid_interval", "1"
 
 
 @pytest.fixture(scope="module")
 def trained(demo_dataset, vgg19_weights, tmp_path_factory):
     """Two epochs of training, run from inside the bundle folder."""
     folder = tmp_path_factory.mktemp("ct_t2_training")
-    result = run_bundle("run", *train_args(demo_dataset, folder, vgg19_weights, config_file="configs/train.json"),
-                        cwd=BUNDLE)
-    return folder, result.stdout + result.stderr
+    return folder, train("configs/train.json", demo_dataset, folder, *weights_and_grids(vgg19_weights), cwd=BUNDLE)
 
 
 def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained):
     folder, log = trained
     models, grids = folder / "models", folder / "eval" / "grids"
     assert checkpoint_path(models, 1).is_file() and checkpoint_path(models, 2).is_file()
-    assert set(torch.load(models / "model.pt", map_location="cpu", weights_only=True)) == {"g_ab", "g_ba"}
+    assert set(load_generators(models)) == {"g_ab", "g_ba"}
     for name in ("train", "validation_ct_to_t2", "validation_t2_to_ct"):
         assert (grids / f"{name}_epoch=2.png").stat().st_size > 1000
     for metric in ("val_ct_to_t2_ssim", "val_t2_to_ct_ssim"):
@@ -79,24 +80,21 @@ def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained)
 def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, vgg19_weights, trained, tmp_path):
     uninterrupted, _ = trained
     first_checkpoint = checkpoint_path(tmp_path / "models", 1)
-    status = kill_after_file(bundle_command("run", *train_args(demo_dataset, tmp_path, vgg19_weights)), first_checkpoint)
+    args = training_args(TRAIN_CONFIG, demo_dataset, tmp_path, *weights_and_grids(vgg19_weights))
+    status = kill_after_file(bundle_command("run", *args), first_checkpoint)
     assert status == -9 and not checkpoint_path(tmp_path / "models", 2).exists()
-    log = run_bundle("run", *train_args(demo_dataset, tmp_path, vgg19_weights)).stdout
+    log = run_bundle("run", *args).stdout
     assert f"Restored all variables from {first_checkpoint}" in log and "Epoch[1] Complete" not in log
     assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(tmp_path / "models", 2))
 
 
 def test_multi_process_training_with_distributed_data_parallel(demo_dataset, vgg19_weights, tmp_path):
     # Two CPU processes with the gloo backend stand for two GPUs: the same config, the same code path.
-    configs = "['bundles/cyclegan_ct_t2/configs/train.json','bundles/cyclegan_ct_t2/configs/multi_gpu_train.json']"
-    log = run_checked(torchrun_command(2, "run", "training", "--config_file", configs, "--dataset_dir", str(demo_dataset),
-                                       "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-                                       "--train#trainer#max_epochs", "1", "--vgg19_weights", str(vgg19_weights),
-                                       *cli(TINY_TRAINING))).stdout
+    log = train_with_two_processes("cyclegan_ct_t2", demo_dataset, tmp_path, "--vgg19_weights", str(vgg19_weights))
     # Rank 0 alone logs, validates into the log and saves; the weights are saved without the DDP wrapper.
     assert len(re.findall(r"Epoch\[1\] Metrics -- .*val_ct_to_t2_ssim", log)) == 1
     assert checkpoint_path(tmp_path / "models", 1).is_file()
-    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    model = load_generators(tmp_path / "models")
     assert set(model) == {"g_ab", "g_ba"} and not any(key.startswith("module.") for key in model["g_ab"])
 
 
@@ -104,10 +102,7 @@ def test_multi_process_training_with_distributed_data_parallel(demo_dataset, vgg
 def inferred(demo_dataset, trained):
     """Inference on the test split, run from the repository root, with DICOM output."""
     folder, _ = trained
-    run_bundle("run", "inference", "--config_file", "bundles/cyclegan_ct_t2/configs/inference.json",
-               "--dataset_dir", str(demo_dataset), "--ckpt_dir", str(folder / "models"),
-               "--output_dir", str(folder / "eval"), "--write_dicom", "True", *cli(TINY_NETWORKS))
-    return folder / "eval"
+    return infer("bundles/cyclegan_ct_t2/configs/inference.json", demo_dataset, folder)
 
 
 def test_inference_writes_synthetic_t2_and_ct_in_hounsfield_units_on_the_input_grids(demo_dataset, inferred):
@@ -115,45 +110,30 @@ def test_inference_writes_synthetic_t2_and_ct_in_hounsfield_units_on_the_input_g
     window = content["ct_window"]
     low, high = window["center"] - window["width"] / 2, window["center"] + window["width"] / 2
     for direction, source in (("ct_to_t2", "ct"), ("t2_to_ct", "t2")):
-        predictions = json.loads((inferred / direction / "predictions.json").read_text())["test"]
-        assert [p["subject"] for p in predictions] == [item["subject"] for item in content["test"]]
-        for item, prediction in zip(content["test"], predictions):
-            pred, source_image = nib.load(prediction["pred"]), nib.load(demo_dataset / item[source])
-            assert pred.shape == source_image.shape
-            np.testing.assert_allclose(pred.affine, source_image.affine, atol=1e-4)
-            values = pred.get_fdata()
+        for values in assert_predictions_on_source_grids(demo_dataset, inferred, direction, source):
             if direction == "t2_to_ct":  # Hounsfield units, inside the cohort's window
                 assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3 and np.ptp(values) > 10
             else:
                 assert -1.0 <= values.min() and values.max() <= 1.0
-            assert len(list((inferred / direction / item["subject"] / "pred_dicom").glob("*.dcm"))) == pred.shape[2]
 
 
 def test_evaluation_gives_mae_in_hu_for_synthetic_ct_and_ssim_for_synthetic_t2(demo_dataset, inferred):
     run_bundle("run", "evaluate", "--config_file", "configs/evaluate.json", "--dataset_dir", str(demo_dataset),
                "--output_dir", str(inferred), cwd=BUNDLE)
-    subjects = [item["subject"] for item in json.loads((demo_dataset / "dataset.json").read_text())["test"]]
-    with open(inferred / "t2_to_ct" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    subjects = [item["subject"] for item in split_items(demo_dataset)]
+    rows, summary = read_metrics(inferred / "t2_to_ct")
     assert [row["subject"] for row in rows] == subjects and all(float(row["mae_hu"]) > 0 for row in rows)
-    summary = json.loads((inferred / "t2_to_ct" / "metrics_summary.json").read_text())
     assert summary["evaluation"]["units"] == "HU" and summary["evaluation"]["target_key"] == "truth_ct_in_t2"
-    with open(inferred / "ct_to_t2" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    rows, _ = read_metrics(inferred / "ct_to_t2")
     assert [row["subject"] for row in rows] == subjects and all(0.0 < float(row["ssim"]) <= 1.0 for row in rows)
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "train.json"), device="cpu")
+    verify_metadata_and_network_shapes(CONFIGS)
     folder, _ = trained
-    exported = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(folder / "models" / "model.pt"),
-                key_in_ckpt="g_ba", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
-                use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE, generator_channels=8)
-    generator_state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)["g_ba"]
-    assert torch.equal(torch.jit.load(str(exported)).state_dict()["up.0.1.weight"], generator_state["up.0.1.weight"])
+    network = export_tiny_generator(CONFIGS, folder / "models", "g_ba", tmp_path / "model.ts")
+    generator_state = load_generators(folder / "models")["g_ba"]
+    assert torch.equal(network.state_dict()["up.0.1.weight"], generator_state["up.0.1.weight"])
 
 
 def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg19_weights, tmp_path, monkeypatch):
@@ -172,18 +152,10 @@ def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg
     assert torch.equal(loaded, torch.load(vgg19_weights, weights_only=True)["features.0.weight"])
 
 
-def fail_before_training(tmp_path, **overrides):
-    arguments = {**TINY_TRAINING, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), **overrides}
-    with pytest.raises(Exception) as failure:
-        run_in_process("training", config_file=str(CONFIGS / "train.json"), logging_file=False, **arguments)
-    assert not (tmp_path / "models").exists(), "training started before the error"
-    return root_cause(failure.value)
-
-
 def test_missing_vgg19_weights_fail_first_before_any_data_is_built(tmp_path):
     demo_data = REPO_ROOT / "demo_data"
     existed = demo_data.exists()
-    error = fail_before_training(tmp_path, vgg19_weights=str(tmp_path / "vgg19-dcbb9e9d.pth"))
+    error = fail_before_training(CONFIGS, tmp_path, vgg19_weights=str(tmp_path / "vgg19-dcbb9e9d.pth"))
     assert isinstance(error, FileNotFoundError) and error.filename == str(tmp_path / "vgg19-dcbb9e9d.pth")
     assert "VGG19 weights file" in str(error)
     assert demo_data.exists() == existed  # the default demo cohort was not built
@@ -192,13 +164,14 @@ def test_missing_vgg19_weights_fail_first_before_any_data_is_built(tmp_path):
 def test_vgg19_weights_of_another_network_are_refused(demo_dataset, tmp_path):
     wrong = tmp_path / "not_vgg19.pth"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "features.1.weight": torch.zeros(64)}, wrong)
-    error = fail_before_training(tmp_path, dataset_dir=str(demo_dataset), vgg19_weights=str(wrong))
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(demo_dataset), vgg19_weights=str(wrong))
     assert isinstance(error, WeightsFileError) and str(error).startswith(str(wrong))
     assert "missing keys" in str(error)
 
 
 def test_missing_dataset_fails_before_training(vgg19_weights, tmp_path):
-    error = fail_before_training(tmp_path, dataset_dir=str(tmp_path / "no_cohort"), vgg19_weights=str(vgg19_weights))
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(tmp_path / "no_cohort"),
+                                 vgg19_weights=str(vgg19_weights))
     assert isinstance(error, DatalistError) and "datalist does not exist" in str(error)
 
 

@@ -1,14 +1,10 @@
 """The T1 <-> T2 CycleGAN bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
 
-import csv
-import json
 import re
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow
 from monai.bundle import run as run_in_process
 
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
@@ -17,43 +13,43 @@ from tests.bundles.helpers import (
     BUNDLES,
     IMAGE_SIZE,
     REPO_ROOT,
-    SCHEMA,
-    TINY_NETWORKS,
     TINY_TRAINING,
     absolute_datalist_copy,
+    assert_predictions_on_source_grids,
     assert_same_training_state,
     bundle_command,
-    cli,
+    export_tiny_generator,
+    fail_before_training,
+    infer,
     kill_after_file,
+    load_generators,
+    read_metrics,
     root_cause,
     run_bundle,
-    run_checked,
-    torchrun_command,
+    split_items,
+    train,
+    train_with_two_processes,
+    training_args,
+    verify_metadata_and_network_shapes,
 )
 
 BUNDLE = BUNDLES / "cyclegan_t1_t2"
 CONFIGS = BUNDLE / "configs"
-
-
-def train_args(dataset, folder, epochs=2, config_file="bundles/cyclegan_t1_t2/configs/train.json"):
-    return ["training", "--config_file", config_file, "--dataset_dir", str(dataset),
-            "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"),
-            "--train#trainer#max_epochs", str(epochs), *cli(TINY_TRAINING)]
+TRAIN_CONFIG = "bundles/cyclegan_t1_t2/configs/train.json"
 
 
 @pytest.fixture(scope="module")
 def trained(demo_dataset, tmp_path_factory):
     """Two epochs of training, from the repository root."""
     folder = tmp_path_factory.mktemp("t1_t2_training")
-    result = run_bundle("run", *train_args(demo_dataset, folder))
-    return folder, result.stdout + result.stderr
+    return folder, train(TRAIN_CONFIG, demo_dataset, folder)
 
 
 def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained):
     folder, log = trained
     models, grids = folder / "models", folder / "eval" / "grids"
     assert checkpoint_path(models, 1).is_file() and checkpoint_path(models, 2).is_file()
-    model = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    model = load_generators(models)
     assert set(model) == {"g_ab", "g_ba"}
     # The 5-level U-Net of the tiny configuration: its innermost convolution has 8 * 8 = 64 channels.
     assert model["g_ab"]["down.4.1.weight"].shape == (64, 64, 4, 4)
@@ -68,12 +64,13 @@ def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained)
 def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, trained, tmp_path):
     uninterrupted, _ = trained
     first_checkpoint = checkpoint_path(tmp_path / "models", 1)
-    status = kill_after_file(bundle_command("run", *train_args(demo_dataset, tmp_path)), first_checkpoint)
+    args = training_args(TRAIN_CONFIG, demo_dataset, tmp_path)
+    status = kill_after_file(bundle_command("run", *args), first_checkpoint)
     assert status == -9
     assert not checkpoint_path(tmp_path / "models", 2).exists()
 
     # The same command again: it continues from epoch 1 (the default --resume true) instead of restarting.
-    log = run_bundle("run", *train_args(demo_dataset, tmp_path)).stdout
+    log = run_bundle("run", *args).stdout
     assert f"Restored all variables from {first_checkpoint}" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
     # Exactly the state of the run that was never interrupted: weights, Adam moments and steps,
@@ -83,14 +80,11 @@ def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, 
 
 def test_multi_process_training_with_distributed_data_parallel(demo_dataset, tmp_path):
     # Two CPU processes with the gloo backend stand for two GPUs: the same config, the same code path.
-    configs = "['bundles/cyclegan_t1_t2/configs/train.json','bundles/cyclegan_t1_t2/configs/multi_gpu_train.json']"
-    log = run_checked(torchrun_command(2, "run", "training", "--config_file", configs, "--dataset_dir", str(demo_dataset),
-                                       "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-                                       "--train#trainer#max_epochs", "1", *cli(TINY_TRAINING))).stdout
+    log = train_with_two_processes("cyclegan_t1_t2", demo_dataset, tmp_path)
     # Rank 0 alone logs, validates into the log and saves; the weights are saved without the DDP wrapper.
     assert len(re.findall(r"Epoch\[1\] Metrics -- .*val_t1_to_t2_ssim", log)) == 1
     assert checkpoint_path(tmp_path / "models", 1).is_file()
-    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    model = load_generators(tmp_path / "models")
     assert set(model) == {"g_ab", "g_ba"} and not any(key.startswith("module.") for key in model["g_ab"])
 
 
@@ -98,61 +92,41 @@ def test_multi_process_training_with_distributed_data_parallel(demo_dataset, tmp
 def inferred(demo_dataset, trained):
     """Inference on the test split, run from inside the bundle folder, with DICOM output."""
     folder, _ = trained
-    run_bundle("run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dataset),
-               "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), "--write_dicom", "True",
-               *cli(TINY_NETWORKS), cwd=BUNDLE)
-    return folder / "eval"
+    return infer("configs/inference.json", demo_dataset, folder, cwd=BUNDLE)
 
 
 def test_inference_translates_test_volumes_onto_their_own_grid(demo_dataset, inferred):
-    test_items = json.loads((demo_dataset / "dataset.json").read_text())["test"]
     # T2 -> T1 translates the T2 registered onto the T1 (the space the generators were trained in).
     for direction, source in (("t1_to_t2", "t1"), ("t2_to_t1", "t2_in_t1")):
-        predictions = json.loads((inferred / direction / "predictions.json").read_text())["test"]
-        assert [p["subject"] for p in predictions] == [item["subject"] for item in test_items]
-        for item, prediction in zip(test_items, predictions):
-            pred, source_image = nib.load(prediction["pred"]), nib.load(demo_dataset / item[source])
-            assert pred.shape == source_image.shape
-            np.testing.assert_allclose(pred.affine, source_image.affine, atol=1e-4)
-            values = pred.get_fdata()
+        for values in assert_predictions_on_source_grids(demo_dataset, inferred, direction, source):
             assert values.min() >= -1.0 and values.max() <= 1.0 and values.std() > 0
-            assert len(list((inferred / direction / item["subject"] / "pred_dicom").glob("*.dcm"))) == pred.shape[2]
 
 
 def test_evaluation_writes_per_subject_metrics_and_summary(demo_dataset, inferred):
     run_bundle("run", "evaluate", "--config_file", "bundles/cyclegan_t1_t2/configs/evaluate.json",
                "--dataset_dir", str(demo_dataset), "--output_dir", str(inferred))
-    subjects = [item["subject"] for item in json.loads((demo_dataset / "dataset.json").read_text())["test"]]
+    subjects = [item["subject"] for item in split_items(demo_dataset)]
     for direction, target in (("t1_to_t2", "t2"), ("t2_to_t1", "t1")):
-        with open(inferred / direction / "metrics.csv") as handle:
-            rows = list(csv.DictReader(handle))
+        rows, summary = read_metrics(inferred / direction)
         assert [row["subject"] for row in rows] == subjects
         assert all(0.0 < float(row["ssim"]) <= 1.0 and float(row["psnr_db"]) > 0 for row in rows)
-        summary = json.loads((inferred / direction / "metrics_summary.json").read_text())
         assert summary["evaluation"]["modality"] == target and summary["evaluation"]["data_range"] == 2.0
         assert summary["evaluation"]["target_key"] == {"t2": "truth_t2_in_t1", "t1": "t1"}[target]
         assert summary["ssim"]["n"] == len(subjects)
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
     # The default network (256 x 256, 8-level U-Net) against metadata.json's network_data_format.
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "train.json"), device="cpu")
+    verify_metadata_and_network_shapes(CONFIGS)
     folder, _ = trained
-    exported = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(folder / "models" / "model.pt"),
-                key_in_ckpt="g_ab", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
-                use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE, generator_channels=8)
-    network = torch.jit.load(str(exported))
-    generator_state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)["g_ab"]
+    network = export_tiny_generator(CONFIGS, folder / "models", "g_ab", tmp_path / "model.ts")
+    generator_state = load_generators(folder / "models")["g_ab"]
     assert torch.equal(network.state_dict()["down.0.0.weight"], generator_state["down.0.0.weight"])
     output = network(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE))
     assert output.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
 
 
-@pytest.mark.parametrize("cwd, config_file", [(REPO_ROOT, "bundles/cyclegan_t1_t2/configs/train.json"),
-                                              (BUNDLE, "configs/train.json")])
+@pytest.mark.parametrize("cwd, config_file", [(REPO_ROOT, TRAIN_CONFIG), (BUNDLE, "configs/train.json")])
 def test_bundle_root_and_default_paths_from_repository_and_bundle_folder(monkeypatch, cwd, config_file):
     monkeypatch.chdir(cwd)
     workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="ckpt_dir")
@@ -180,17 +154,8 @@ def test_model_zoo_training_properties_are_all_present(demo_dataset, tmp_path, m
     assert workflow.trainer.lambda_cycle == 10.0 and workflow.trainer.lambda_identity == 5.0
 
 
-def fail_before_training(tmp_path, **overrides):
-    """Run the training in-process with overrides; return the root cause of its failure."""
-    arguments = {**TINY_TRAINING, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), **overrides}
-    with pytest.raises(Exception) as failure:
-        run_in_process("training", config_file=str(CONFIGS / "train.json"), logging_file=False, **arguments)
-    assert not (tmp_path / "models").exists(), "training started before the error"
-    return root_cause(failure.value)
-
-
 def test_missing_dataset_fails_before_training_naming_the_datalist(tmp_path):
-    error = fail_before_training(tmp_path, dataset_dir=str(tmp_path / "no_cohort"))
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(tmp_path / "no_cohort"))
     assert isinstance(error, DatalistError)
     assert str(error).startswith(str(tmp_path / "no_cohort" / "dataset.json") + ": datalist does not exist")
 
@@ -198,7 +163,7 @@ def test_missing_dataset_fails_before_training_naming_the_datalist(tmp_path):
 def test_empty_split_fails_before_training(demo_dataset, tmp_path):
     copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort",
                                   lambda content: content.update(validation=[]))
-    error = fail_before_training(tmp_path, dataset_dir=str(copy.parent))
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent))
     assert isinstance(error, DatalistError) and "split 'validation' is empty" in str(error)
 
 
@@ -208,7 +173,7 @@ def test_volume_of_the_wrong_modality_fails_before_training(demo_dataset, tmp_pa
         item["t1_slices"] = item["t2_slices"]
 
     copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", t2_as_t1)
-    error = fail_before_training(tmp_path, dataset_dir=str(copy.parent))
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent))
     assert isinstance(error, ModalityMismatchError)
     assert "named as a T2 image but is used as T1" in str(error) and "_t2_axial_" in str(error)
 

@@ -5,11 +5,13 @@ import pytest
 from modality_translation.data import (
     DatalistError,
     ModalityMismatchError,
+    check_modality_name,
     flatten_slices,
     load_translation_datalist,
     modality_named_in,
     pair_slices,
 )
+from modality_translation.data.datalist import modality_of_key
 from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
 
@@ -84,6 +86,55 @@ def test_undeclared_modality(tmp_path):
     path = write_cohort(tmp_path, declared=["t1", "t2"])
     with pytest.raises(DatalistError, match=r"modalities \['ct'\] are not among the datalist's modalities"):
         load_translation_datalist(path, "training", modalities=("t1", "ct"))
+
+
+def test_keys_of_registered_volumes_and_truths_name_their_image_modality():
+    assert modality_of_key("t2_in_t1") == "t2"
+    assert modality_of_key("truth_ct_in_t2") == "ct"
+    assert modality_of_key("truth_T1") == "t1"
+    assert modality_of_key("ct") == "ct"
+    check_modality_name("sub-001_t2_in_t1.nii.gz", "t2_in_t1")
+    with pytest.raises(ModalityMismatchError, match="sub-001_t1.nii.gz: is named as a T1 image but is used as T2$"):
+        check_modality_name("sub-001_t1.nii.gz", "truth_t2_in_t1")
+
+
+def test_registered_volume_key_is_checked_as_its_image_modality(tmp_path):
+    # The preprocessing's layout: the T2 registered onto the T1 under "t2_in_t1", declared modalities ct, t1, t2.
+    path = write_cohort(tmp_path, modalities=("t1", "t2_in_t1", "ct"), declared=["ct", "t1", "t2"])
+    items = load_translation_datalist(path, "training", modalities=("t1", "t2_in_t1"))
+    assert items[1]["t2_in_t1_slices"][2] == str(tmp_path / "sub-002/slices/t2_in_t1/sub-002_axial_0002.nii.gz")
+    assert items[1]["t2_in_t1"] == str(tmp_path / "sub-002/t2_in_t1.nii.gz")
+    volumes = load_translation_datalist(path, "test", modalities=("t2_in_t1",), require_slices=False, check_files=False)
+    assert volumes[0]["t2_in_t1"] == str(tmp_path / "sub-004/t2_in_t1.nii.gz")
+
+    def ct_as_t2_in_t1(content):
+        content["training"][1]["t2_in_t1_slices"][0] = content["training"][1]["ct_slices"][0]
+
+    edit_datalist(path, ct_as_t2_in_t1)
+    with pytest.raises(ModalityMismatchError, match="is named as a CT image but is used as T2") as error:
+        load_translation_datalist(path, "training", modalities=("t1", "t2_in_t1"))
+    assert error.value.path == str(tmp_path / "sub-002/slices/ct/sub-002_axial_0000.nii.gz")
+
+
+def test_truth_key_is_checked_as_its_image_modality(tmp_path):
+    path = write_cohort(tmp_path, modalities=("t2", "truth_ct_in_t2"), declared=["ct", "t2"])
+    items = load_translation_datalist(path, "validation", modalities=("t2", "truth_ct_in_t2"))
+    assert items[0]["truth_ct_in_t2_slices"][0] == str(tmp_path / "sub-003/slices/truth_ct_in_t2/sub-003_axial_0000.nii.gz")
+
+    def t2_as_truth_ct(content):
+        content["validation"][0]["truth_ct_in_t2"] = content["validation"][0]["t2"]
+
+    edit_datalist(path, t2_as_truth_ct)
+    with pytest.raises(ModalityMismatchError, match="is named as a T2 image but is used as CT") as error:
+        load_translation_datalist(path, "validation", modalities=("truth_ct_in_t2",), require_slices=False,
+                                  check_files=False)
+    assert error.value.path == str(tmp_path / "sub-003/t2.nii.gz")
+
+
+def test_registered_volume_of_an_undeclared_modality(tmp_path):
+    path = write_cohort(tmp_path, modalities=("t1", "flair_in_t1"), declared=["t1", "t2"])
+    with pytest.raises(DatalistError, match=r"modalities \['flair \(flair_in_t1\)'\] are not among"):
+        load_translation_datalist(path, "training", modalities=("t1", "flair_in_t1"))
 
 
 def test_slice_shape_and_channels_checked(tmp_path):

@@ -23,6 +23,7 @@ from modality_translation.inference import (
     translate_datalist,
     translate_slices,
 )
+from modality_translation.inference.volume import check_files_on_grid
 from modality_translation.networks import WeightsFileError
 from preprocessing.errors import GeometryError, InputReadError, PreprocessingError
 from preprocessing.normalization import percentile_normalize
@@ -282,6 +283,22 @@ def test_datalist_errors_before_any_work(tmp_path):
     with pytest.raises(GeometryError, match=r"head mask affine .* differs from .* of .*sub-00/t1.nii.gz"):
         translate_datalist(translator, datalist, output_dir, "t1", mask_key="t1_mask")
     assert not output_dir.exists()
+
+
+def test_files_checked_on_the_reference_grid_from_their_headers(tmp_path):
+    reference = _save(tmp_path / "pred.nii.gz", np.zeros((32, 32, 32), np.float32), PERMUTED_ANISOTROPIC)
+    same_grid = _save(tmp_path / "target.nii.gz", np.ones((32, 32, 32), np.float32), PERMUTED_ANISOTROPIC)
+    check_files_on_grid(reference, "prediction", [(same_grid, "target"), (same_grid, "head mask")])
+    shifted = PERMUTED_ANISOTROPIC.copy()
+    shifted[0, 3] += 1.0
+    moved = _save(tmp_path / "moved.nii.gz", np.ones((32, 32, 32), np.float32), shifted)
+    with pytest.raises(GeometryError, match=r"moved.nii.gz: head mask affine .* differs from .* of .*pred.nii.gz"):
+        check_files_on_grid(reference, "prediction", [(same_grid, "target"), (moved, "head mask")])
+    with pytest.raises(InputReadError, match=r"absent.nii.gz: target file does not exist"):
+        check_files_on_grid(reference, "prediction", [(tmp_path / "absent.nii.gz", "target")])
+    flat = _save(tmp_path / "flat.nii.gz", np.zeros((32, 32), np.float32), np.eye(4))
+    with pytest.raises(InputReadError, match=r"flat.nii.gz: prediction must be a 3D volume, got shape \(32, 32\)"):
+        check_files_on_grid(flat, "prediction")
 
 
 def test_supervised_evaluator_path_matches_the_file_path(tmp_path):

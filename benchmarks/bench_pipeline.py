@@ -2,14 +2,14 @@
 
 Usage:
     python benchmarks/bench_pipeline.py --output benchmarks/results/pipeline.json
-        [--demo DIR | --size small|full --subjects N] [--config demo] [--workers 1 2]
+        [--demo DIR | --size small|full --subjects N] [--config demo] [--runs 1x2 2x1 1x1]
 
-Without ``--demo``, a demo cohort is built first (not timed). For each worker count the whole
-cohort is preprocessed into a fresh folder with ``python -m preprocessing run``'s engine; the
-report's per-subject timings give the seconds per volume of each step (read, register, mask,
-window, normalise, pair, slice, truth, qc) and the wall time gives the throughput. ANTs gets
-cores // workers threads per worker, so 1 worker on 2 cores registers with 2 threads.
-"""
+Without ``--demo``, a demo cohort is built first (not timed). Each run ``WxT`` preprocesses the
+whole cohort into a fresh folder with ``python -m preprocessing run``'s engine, with W workers of
+T ANTs threads each; the report's per-subject timings give the seconds per volume of each step
+(read, register, mask, window, normalise, pair, slice, truth, qc) and the wall time gives the
+throughput. ``1x2`` and ``2x1`` are the runner's defaults for 1 and 2 workers on 2 cores
+(workers x threads = cores); ``1x1`` against ``2x1`` measures how the process pool alone scales.
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--size", choices=("small", "full"), default="small", help="size of the cohort to build")
     parser.add_argument("--subjects", type=int, default=4, help="subjects of the cohort to build")
     parser.add_argument("--config", default="demo", help="configuration name or file (default: demo)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
+    parser.add_argument("--runs", nargs="+", default=["1x2", "2x1", "1x1"],
+                        help="runs to time, WORKERSxTHREADS (ANTs threads per worker)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
@@ -80,10 +81,11 @@ def main() -> None:
             "config": args.config,
             "runs": [],
         }
-        for workers in args.workers:
-            output = scratch / f"out-{workers}"
+        for spec in args.runs:
+            workers, threads = (int(n) for n in spec.lower().split("x"))
+            output = scratch / f"out-{spec}"
             start = time.perf_counter()
-            report = run_cohort(args.config, cohort, output, workers=workers, progress=False)
+            report = run_cohort(args.config, cohort, output, workers=workers, progress=False, threads=threads)
             wall = time.perf_counter() - start
             subjects = report["counts"]["ok"]
             run = {
@@ -103,6 +105,11 @@ def main() -> None:
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
             shutil.rmtree(output)
+        rates = {f"{r['workers']}x{r['ants_threads_per_worker']}": r["subjects_per_minute"] for r in results["runs"]}
+        results["throughput_ratios"] = {
+            f"{fast} over {slow}": round(rates[fast] / rates[slow], 2)
+            for fast, slow in (("2x1", "1x2"), ("2x1", "1x1"), ("1x2", "1x1")) if fast in rates and slow in rates}
+        print(json.dumps(results["throughput_ratios"]), flush=True)
         atomic_write_json(args.output, results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree)")
     run.add_argument("--output", required=True, help="output folder (created if needed; finished subjects are kept)")
     run.add_argument("--workers", type=_count, default=None,
-                     help="parallel processes (default: one per core); ANTs gets cores // workers threads each")
+                     help="parallel processes (default: one per core)")
+    run.add_argument("--threads", type=_count, default=None,
+                     help="ANTs threads per worker (default: cores // workers, so that workers x threads = cores)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -140,7 +142,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as error:
         usage_error(str(error))
     try:
-        report = run_cohort(config, source, output, workers=args.workers, progress=not args.quiet)
+        report = run_cohort(config, source, output, workers=args.workers, progress=not args.quiet,
+                            threads=args.threads)
     except (RunnerError, PreprocessingError) as error:
         print(f"preprocessing run: error: {error}", file=sys.stderr)
         return 1

@@ -63,6 +63,7 @@ from preprocessing.config import (
     pairing_config,
     registration_config,
     slice_size,
+    to_common_space_config,
 )
 from preprocessing.dicom import read_dicom_series, to_canonical
 from preprocessing.errors import InputReadError, PreprocessingError
@@ -72,9 +73,11 @@ from preprocessing.pseudonym import Redactor, dicom_identifiers, pseudonymise_al
 from preprocessing.registration import (
     RegistrationResult,
     apply_transforms,
-    choose_reference,
     configure_determinism,
+    most_similar,
+    reference_comparisons,
     register,
+    rigid_similarity,
     save_transforms,
 )
 
@@ -290,26 +293,6 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-class _CachedVolumes(Mapping):
-    """Read-only mapping name → cached volume that reads each file on access.
-
-    :func:`preprocessing.registration.choose_reference` reads every candidate once and keeps only
-    a downsampled copy; reading lazily keeps one full-size volume in memory at a time.
-    """
-
-    def __init__(self, paths: Mapping[str, str]):
-        self._paths = dict(paths)
-
-    def __getitem__(self, name: str) -> sitk.Image:
-        return _read_image(Path(self._paths[name]))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-
 # --------------------------------------------------------------------------------------------
 # Worker processes
 
@@ -431,17 +414,26 @@ def _coarsened(image: sitk.Image, min_spacing: float, outside: float) -> sitk.Im
                          image.GetDirection(), outside, sitk.sitkFloat32)
 
 
+def _similarity_job(job: dict) -> dict:
+    """NCC of one pair of reference candidates after a quick rigid alignment."""
+    first, second = job["pair"]
+    config = registration_config(job["config"], job["modality"])
+    images = [_read_image(Path(job["candidates"][name])) for name in (first, second)]
+    return {"pair": (first, second), "ncc": rigid_similarity(images[0], images[1], config)}
+
+
 def _reference_job(job: dict) -> dict:
-    """Choose, write and (CT) mask the reference of one modality."""
+    """Write (and for CT mask) the chosen reference of one modality in its own space.
+
+    ``job["folder"]`` is ``references/`` when the reference is final, or ``references/own_space/``
+    when it is registered onto the common space's reference next (:func:`_align_reference_job`).
+    """
     modality = job["modality"]
     output = Path(job["output"])
     config = job["config"]
     candidates = job["candidates"]  # pseudonym -> cache path
+    choice = job["choice"]
     reg = registration_config(config, modality)
-    if reg.reference is not None and reg.reference not in candidates and not os.path.isfile(reg.reference):
-        raise RunnerError(f"registration reference of {modality} ({reg.reference!r}) is neither a subject of "
-                          "this cohort that was read successfully nor an existing image file")
-    choice = choose_reference(_CachedVolumes(candidates), reg)
     if choice in candidates:
         image = _read_image(Path(candidates[choice]))
         description = {"kind": "subject", "subject": choice}
@@ -453,17 +445,66 @@ def _reference_job(job: dict) -> dict:
     minimum = output_min_spacing(config, modality)
     if minimum is not None:
         image = _coarsened(image, minimum, _AIR.get(modality, 0.0))
-    folder = output / "references"
+    folder = Path(job["folder"])
     image_path = _write_image(image, folder / f"reference_{modality}.nii.gz")
     parameters = {"modality": modality, "choice": description, "candidates": sorted(candidates),
                   "output_min_spacing_mm": minimum, "registration": _jsonable(reg.__dict__)}
     write_sidecar(image_path, "choose_reference", inputs, parameters)
-    record = {**description, "image": image_path.name, "image_sha256": file_sha256(image_path)}
+    record = {**description, "image": _relative(image_path, output / "references"), "image_sha256": file_sha256(image_path)}
     if modality == "ct" and config["artefact"]["enabled"] and config["artefact"]["mode"] == "reference":
         mask, info = _build_artefact_mask(image, config["artefact"]["options"])
         mask_path = _write_image(mask, folder / "reference_ct_mask.nii.gz")
         write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
                       {"options": config["artefact"]["options"], "result": info})
+        record.update(mask=_relative(mask_path, output / "references"), mask_sha256=file_sha256(mask_path))
+    return record
+
+
+def _align_reference_job(job: dict) -> dict:
+    """Register one modality's reference onto the common space's reference and write it there.
+
+    A CT reference is registered with its head holder removed (its artefact mask applied: the
+    holder has no counterpart in MR and would pull the alignment), and the mask follows it onto
+    the common grid. Subjects keep registering onto the reference in its own space (same
+    modality, same holder); their outputs go through both transforms in one resampling.
+    """
+    modality, space = job["modality"], job["space"]
+    output = Path(job["output"])
+    references = output / "references"
+    own, target = job["own"], job["target"]
+    moving = _read_image(references / own["image"])
+    fixed = _read_image(references / target["image"])
+    mask = _read_image(references / own["mask"]) if own.get("mask") else None
+    config = to_common_space_config(job["config"], modality)
+    holder_free = moving if mask is None else _apply_artefact_mask(moving, mask, float(job["config"]["artefact"]["outside_hu"]))
+    result = register(holder_free, fixed, config)
+    result = _save_transforms(result, references / "transforms", f"{modality}_to_{space}_")
+    inputs = [input_record(references / own["image"], f"references/{own['image']}", "moving reference"),
+              input_record(references / target["image"], f"references/{target['image']}", "fixed reference")]
+    parameters = {"modality": modality, "common_space": space, "registration": _jsonable(config.__dict__),
+                  "metrics": result.metrics}
+    for path in sorted((references / "transforms").glob(f"{modality}_to_{space}_*")):
+        if not path.name.endswith(".provenance.json"):
+            write_sidecar(path, "align_reference", inputs, parameters)
+    # The reference keeps its holder, like every registered CT the mask is applied to; the mask
+    # is built again on the common grid rather than resampled (a resampled mask loses its edge).
+    warped = result.warped if mask is None else apply_transforms(
+        moving, fixed, result.forward_transforms, "linear", default_value=config.default_value)
+    image_path = _write_image(warped, references / f"reference_{modality}.nii.gz")
+    write_sidecar(image_path, "align_reference", inputs, parameters)
+    record = {key: own[key] for key in ("kind", "subject", "file") if key in own}
+    record.update(image=image_path.name, image_sha256=file_sha256(image_path), aligned_to=space,
+                  own_space_image=own["image"], own_space_image_sha256=own["image_sha256"],
+                  to_space_transforms=[_relative(Path(t), references) for t in result.forward_transforms],
+                  alignment=result.metrics)
+    if mask is not None:
+        record.update(own_space_mask=own["mask"])
+    if mask is not None:
+        options = job["config"]["artefact"]["options"]
+        common_mask, info = _build_artefact_mask(warped, options)
+        mask_path = _write_image(common_mask, references / "reference_ct_mask.nii.gz")
+        write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
+                      {"options": options, "result": info})
         record.update(mask=mask_path.name, mask_sha256=file_sha256(mask_path))
     return record
 
@@ -697,11 +738,18 @@ def _register_to_references(s: _Subject) -> None:
             if reference is None:  # registration disabled: the volume stays on its own grid
                 s.registered[modality], s.forward[modality] = s.raw[modality], []
                 continue
-            fixed = _read_image(s.reference_file(reference["image"]))
+            # With a common space, each volume still registers onto its modality's reference in
+            # that reference's own space (same contrast, same holder); the reference's own
+            # transform into the common space is then appended to the chain.
+            aligned = bool(reference.get("aligned_to"))
+            fixed_name = reference["own_space_image"] if aligned else reference["image"]
+            fixed_sha = reference["own_space_image_sha256"] if aligned else reference["image_sha256"]
+            mask_name = reference.get("own_space_mask") if aligned else reference.get("mask")
+            fixed = _read_image(s.reference_file(fixed_name))
             config = registration_config(s.config, modality)
             # The CT metric counts the reference's head only: holder and couch stay where the
             # scanner put them while the head moves, and would pull the alignment towards them.
-            fixed_mask = _read_image(s.reference_file(reference["mask"])) if reference.get("mask") else None
+            fixed_mask = _read_image(s.reference_file(mask_name)) if mask_name else None
             is_reference = reference.get("subject") == s.name
             if is_reference:  # the reference, possibly on a coarsened grid, is its own registered volume
                 result = _identity_result(fixed)
@@ -709,14 +757,18 @@ def _register_to_references(s: _Subject) -> None:
                 result = register(s.raw[modality], fixed, config, fixed_mask=fixed_mask)
             prefix = f"{modality}_to_reference_"
             result = _save_transforms(result, s.transforms, prefix)
-            s.registered[modality], s.forward[modality] = result.warped, list(result.forward_transforms)
+            warped, forward = result.warped, list(result.forward_transforms)
+            if aligned:
+                fixed = _read_image(s.reference_file(reference["image"]))
+                forward = [str(s.reference_file(name)) for name in reference["to_space_transforms"]] + forward
+                warped = apply_transforms(s.raw[modality], fixed, forward, "linear", default_value=config.default_value)
+            s.registered[modality], s.forward[modality] = warped, forward
             s.metrics["registration"][modality] = {**result.metrics, "reference": is_reference}
-            fixed_record = input_record(s.reference_file(reference["image"]), f"references/{reference['image']}",
-                                        "fixed", sha256=reference["image_sha256"])
+            fixed_record = input_record(s.reference_file(fixed_name), f"references/{fixed_name}", "fixed", sha256=fixed_sha)
             s.track_transforms(prefix, "register", s.raw_inputs[modality] + [fixed_record], {"registration": config.__dict__})
             s.entry[f"{modality}_transforms"] = s.writer.relative(s.transforms / f"{prefix}transforms.json")
             s.qc_views.append(RegistrationView(modality, fixed, _by_position(s.raw[modality], fixed, _AIR.get(modality, 0.0)),
-                                               result.warped))
+                                               warped))
 
 
 def _mask_and_window_ct(s: _Subject) -> None:
@@ -978,6 +1030,7 @@ def run_cohort(
     output_dir: str | os.PathLike,
     workers: int | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Preprocess a cohort (see the module docstring).
 
@@ -986,8 +1039,10 @@ def run_cohort(
         input_dir: the input folder (demo cohort, IXI folder or CQ500-like DICOM tree).
         output_dir: the output folder (created if needed; a previous run's outputs are reused
             where complete).
-        workers: parallel processes (default: one per core); ANTs gets cores // workers threads each.
+        workers: parallel processes (default: one per core).
         progress: show progress bars on stderr.
+        threads: ANTs/ITK (and torch) threads per worker; default cores // workers, so that
+            workers x threads = cores. Results depend on it (ANTs sums in thread order).
 
     Returns:
         The report (also written to ``report.json``).
@@ -1006,7 +1061,7 @@ def run_cohort(
         raise RunnerError(f"no subject found in the input ({inputs.layout} layout)")
     cores = _core_count()
     workers = max(1, int(workers or cores))
-    threads = max(1, cores // workers)
+    threads = max(1, int(threads or cores // workers))
     names = {s.source: s.subject for s in inputs.subjects}
     # The configuration is copied into sidecars and may name a reference subject by its source
     # folder name: from here on it speaks of pseudonyms only.
@@ -1037,7 +1092,7 @@ def run_cohort(
 
             # --- references ----------------------------------------------------------------------
             phases["references"] = time.perf_counter()
-            references = _prepare_references(pool, config, inputs, reads, output)
+            references = _prepare_references(pool, config, inputs, reads, output, progress)
 
             # --- phase 2: process subjects -------------------------------------------------------
             phases["process"] = time.perf_counter()
@@ -1087,9 +1142,34 @@ def run_cohort(
     return report
 
 
+def _gathered(pool: ProcessPoolExecutor, function: Any, jobs: Mapping[Any, dict], what: str,
+              progress: bool) -> dict[Any, dict]:
+    """Run ``function`` on every job in the pool; ``{name: result}``; a failure stops the run."""
+    from tqdm import tqdm
+
+    futures = {pool.submit(function, job): name for name, job in jobs.items()}
+    results = {}
+    for future in tqdm(as_completed(futures), total=len(futures), desc=f"references: {what}", unit="job",
+                       disable=not progress or not futures):
+        name = futures[future]
+        try:
+            results[name] = future.result()
+        except RunnerError:
+            raise
+        except Exception as error:  # without its reference, no subject of the modality can be processed
+            modality = name[0] if isinstance(name, tuple) else name
+            raise RunnerError(f"cannot make the {modality} reference ({what}): {error}") from error
+    return results
+
+
 def _prepare_references(pool: ProcessPoolExecutor, config: dict, inputs: CohortInputs, reads: dict[str, dict],
-                        output: Path) -> dict[str, dict]:
-    """Choose (or reuse) the reference of every modality; returns ``{modality: record}``."""
+                        output: Path, progress: bool = False) -> dict[str, dict]:
+    """Choose (or reuse) the reference of every modality; returns ``{modality: record}``.
+
+    Every step is spread over the pool: the pairwise comparisons of the automatic choice, the
+    writing (and CT masking) of each reference, then, with ``registration.common_space``, the
+    registration of the other references onto that modality's reference.
+    """
     if not config["registration"]["enabled"]:
         return {}
     candidates: dict[str, dict[str, str]] = {}
@@ -1101,29 +1181,63 @@ def _prepare_references(pool: ProcessPoolExecutor, config: dict, inputs: CohortI
         for modality in source.volumes:
             candidates.setdefault(modality, {})[source.subject] = str(output / "cache" / source.subject / f"{modality}.nii")
             hashes.setdefault(modality, {})[source.subject] = read["inputs_sha256"][modality]
+    space = config["registration"]["common_space"]
+    if space is not None and space not in candidates:
+        raise RunnerError(f"registration.common_space is {space!r} but no subject has a readable {space} volume")
     record_path = output / "references" / "references.json"
     previous = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    references: dict[str, dict] = {}
-    jobs = {}
-    for modality in sorted(candidates):
-        key = _sha(json.dumps({"candidates": hashes[modality], "code": code_version(),
-                               "registration": _jsonable(registration_config(config, modality).__dict__),
-                               "artefact": config["artefact"] if modality == "ct" else None}, sort_keys=True))
+    own_keys = {m: _sha(json.dumps({"candidates": hashes[m], "code": code_version(),
+                                    "registration": _jsonable(registration_config(config, m).__dict__),
+                                    "artefact": config["artefact"] if m == "ct" else None}, sort_keys=True))
+                for m in candidates}
+    keys = {m: own_keys[m] if space is None or m == space else _sha(json.dumps(
+                {"own": own_keys[m], "space": own_keys[space],
+                 "registration": _jsonable(to_common_space_config(config, m).__dict__)}, sort_keys=True))
+            for m in candidates}
+
+    def reusable(modality: str) -> bool:
         old = previous.get(modality)
-        if old is not None and old.get("key") == key and (output / "references" / old["image"]).is_file() and (
-                not old.get("mask") or (output / "references" / old["mask"]).is_file()):
-            references[modality] = old
-            continue
-        job = {"modality": modality, "output": str(output), "config": config, "candidates": candidates[modality]}
-        jobs[pool.submit(_reference_job, job)] = (modality, key)
-    for future in as_completed(jobs):
-        modality, key = jobs[future]
-        try:
-            references[modality] = {**future.result(), "key": key}
-        except RunnerError:
-            raise
-        except Exception as error:  # without its reference, no subject of the modality can be processed
-            raise RunnerError(f"cannot make the {modality} reference: {error}") from error
+        return old is not None and old.get("key") == keys[modality] and all(
+            (output / "references" / old[name]).is_file() for name in ("image", "mask") if old.get(name))
+
+    references = {m: previous[m] for m in sorted(candidates) if reusable(m)}
+    todo = [m for m in sorted(candidates) if m not in references]
+    choices: dict[str, str] = {}
+    comparisons = {}
+    for modality in todo:
+        reg = registration_config(config, modality)
+        names = sorted(candidates[modality])
+        if reg.reference is not None:
+            if reg.reference not in candidates[modality] and not os.path.isfile(reg.reference):
+                raise RunnerError(f"registration reference of {modality} ({reg.reference!r}) is neither a subject of "
+                                  "this cohort that was read successfully nor an existing image file")
+            choices[modality] = reg.reference
+        elif len(names) == 1:
+            choices[modality] = names[0]
+        else:
+            for pair in reference_comparisons(names, reg.reference_max_comparisons):
+                comparisons[(modality, pair)] = {"modality": modality, "pair": pair, "config": config,
+                                                 "candidates": candidates[modality]}
+    similarity = _gathered(pool, _similarity_job, comparisons, "comparing candidates", progress)
+    for modality in todo:
+        if modality not in choices:
+            found = {pair: result["ncc"] for (m, pair), result in similarity.items() if m == modality}
+            choices[modality] = most_similar(candidates[modality], found)
+
+    folders = {m: output / "references" / ("own_space" if space is not None and m != space else "") for m in todo}
+    written = _gathered(pool, _reference_job, {m: {"modality": m, "output": str(output), "config": config,
+                                                   "candidates": candidates[m], "choice": choices[m],
+                                                   "folder": str(folders[m])} for m in todo}, "writing", progress)
+    for modality in todo:
+        if space is None or modality == space:
+            references[modality] = {**written[modality], "key": keys[modality]}
+    if space is not None:
+        aligned = _gathered(pool, _align_reference_job, {
+            m: {"modality": m, "space": space, "output": str(output), "config": config,
+                "own": written[m], "target": references[space]} for m in todo if m != space},
+            f"registering onto the {space} reference", progress)
+        for modality, record in aligned.items():
+            references[modality] = {**record, "key": keys[modality]}
     references = dict(sorted(references.items()))
     atomic_write_json(record_path, references)
     return references

@@ -14,6 +14,7 @@ the runner fails before any subject is processed rather than halfway through a c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -43,6 +44,7 @@ __all__ = [
     "read_config_file",
     "registration_config",
     "shipped_config_path",
+    "to_common_space_config",
     "slice_size",
     "validate_config",
 ]
@@ -67,6 +69,7 @@ _OPEN_SECTIONS = {
     ("slices", "selection"),
     ("pairing", "registration"),
     ("registration", "output_min_spacing_mm"),
+    ("registration", "to_common_space"),
 }
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -110,6 +113,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "common": {},
         "ct": {"default_value": -1024.0},
         "mr": {},
+        # Modality whose reference defines one space for all (e.g. t1): the other modalities'
+        # references are registered onto it (rigid + SyN, Mattes MI), so that a subject's CT, T1
+        # and T2 end up on one grid, aligned to one anatomy. null: each modality keeps its
+        # reference's own space.
+        "common_space": None,
+        # RegistrationConfig fields of those reference-to-reference registrations, over the moving
+        # modality's own parameters (the metric is Mattes MI unless given here).
+        "to_common_space": {},
     },
     "pairing": {
         # Register each subject's T2 (and PD...) rigidly onto its own T1: paired volumes on one grid.
@@ -286,6 +297,21 @@ def registration_config(config: Mapping[str, Any], modality: str) -> Registratio
     return RegistrationConfig.from_dict(values)
 
 
+def to_common_space_config(config: Mapping[str, Any], modality: str) -> RegistrationConfig:
+    """Parameters registering ``modality``'s reference onto the ``registration.common_space`` reference.
+
+    The moving modality's own parameters, with Mattes mutual information (the two references
+    differ in contrast) and no reference choice, then ``registration.to_common_space``.
+
+    Raises:
+        ValueError: invalid registration options.
+    """
+    values = dataclasses.asdict(registration_config(config, modality))
+    values.update(metric="MI", syn_metric=None, histogram_matching=False, reference=None)
+    values.update(config["registration"].get("to_common_space") or {})
+    return RegistrationConfig.from_dict(values)
+
+
 def output_min_spacing(config: Mapping[str, Any], modality: str) -> float | None:
     """``registration.output_min_spacing_mm`` of ``modality`` (``None``: the reference's own grid)."""
     value = config["registration"]["output_min_spacing_mm"]
@@ -360,7 +386,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise _fail("pseudonym.salt", "must be a string")
 
     registration = config["registration"]
-    modalities = [k for k in registration if k not in ("enabled", "output_min_spacing_mm", "common", "ct", "mr")]
+    modalities = [k for k in registration
+                  if k not in ("enabled", "output_min_spacing_mm", "common", "ct", "mr", "common_space", "to_common_space")]
     for modality in modalities:
         if modality.upper().split("-")[0] not in MR_MODALITIES or modality != modality.lower():
             raise _fail(f"registration.{modality}", f"unknown section; per-modality sections are lower-case MR "
@@ -370,6 +397,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             registration_config(config, modality)
         except (TypeError, ValueError) as error:
             raise _fail(f"registration.{modality}", str(error)) from None
+    space = registration["common_space"]
+    if space is not None:
+        if not isinstance(space, str) or (space != "ct" and space.upper().split("-")[0] not in MR_MODALITIES):
+            raise _fail("registration.common_space", f"must be null or a modality (ct, t1, t2...), got {space!r}")
+        registration["common_space"] = space.lower()
+        wanted = config["input"]["modalities"]
+        if wanted is not None and registration["common_space"] not in [str(m).lower() for m in wanted]:
+            raise _fail("registration.common_space", f"{space!r} is not one of input.modalities {wanted}")
+        try:
+            to_common_space_config(config, "ct")
+        except (TypeError, ValueError) as error:
+            raise _fail("registration.to_common_space", str(error)) from None
     minimum = registration["output_min_spacing_mm"]
     values = list(minimum.values()) if isinstance(minimum, Mapping) else [minimum]
     if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) for v in values):

@@ -675,16 +675,78 @@ def _downsampled(image: sitk.Image, spacing_mm: float) -> sitk.Image:
                          [spacing_mm] * image.GetDimension(), image.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
+def reference_comparisons(names: Sequence[str], max_comparisons: int) -> list[tuple[str, str]]:
+    """The pairs of candidates :func:`choose_reference` compares, each once, in a fixed order.
+
+    Each candidate is compared with at most ``max_comparisons`` others, spread evenly over the
+    sorted names, so the number of pairs grows linearly with the cohort.
+
+    Args:
+        names: candidate names.
+        max_comparisons: most other candidates each one is compared with.
+
+    Returns:
+        Sorted ``(a, b)`` name pairs with ``a < b``.
+    """
+    names = sorted(names)
+    pairs: list[tuple[str, str]] = []
+    for name in names:
+        others = [n for n in names if n != name]
+        step = max(1, len(others) // max(1, max_comparisons))
+        for other in others[::step][:max_comparisons]:
+            pair = (min(name, other), max(name, other))
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def rigid_similarity(first: sitk.Image, second: sitk.Image, config: RegistrationConfig | None = None) -> float:
+    """NCC of two volumes after a quick rigid alignment on copies downsampled to ``config.reference_spacing_mm``.
+
+    Args:
+        first: fixed volume.
+        second: moving volume.
+        config: registration parameters (``reference_spacing_mm``, ``metric``, ``random_seed``...).
+
+    Returns:
+        The normalised cross-correlation after alignment.
+    """
+    config = config or RegistrationConfig()
+    quick = config.replace(
+        transforms=("Rigid",), linear_iterations=(200, 100), linear_shrink_factors=(2, 1),
+        linear_smoothing_sigmas=(1, 0), sampling="None", winsorize=(0.005, 0.995),
+    )
+    fixed = _downsampled(first, config.reference_spacing_mm)
+    moving = _downsampled(second, config.reference_spacing_mm)
+    with register(moving, fixed, quick) as result:
+        return float(result.metrics["ncc_after"])
+
+
+def most_similar(names: Sequence[str], similarity: Mapping[tuple[str, str], float]) -> str:
+    """The candidate with the highest mean similarity to the others it was compared with.
+
+    Args:
+        names: candidate names.
+        similarity: NCC per compared pair (as returned by :func:`reference_comparisons`).
+
+    Returns:
+        The winner; ties go to the first name in sorted order.
+    """
+    names = sorted(names)
+    scores = {name: float(np.mean([v for pair, v in similarity.items() if name in pair] or [-np.inf]))
+              for name in names}
+    return max(names, key=lambda name: (scores[name], -names.index(name)))
+
+
 def choose_reference(images: Mapping[str, sitk.Image], config: RegistrationConfig | None = None) -> str:
     """Choose the reference of a set of volumes of one modality.
 
     With ``config.reference`` set, returns it: a key of ``images``, or the path of an image file.
     Otherwise returns the volume most similar to the others after rigid alignment: every volume is
-    downsampled to ``config.reference_spacing_mm``, each pair is aligned by a quick rigid
-    registration, and the candidate with the highest mean NCC to the others wins (ties go to the
-    first name in sorted order). Each candidate is compared with at most
-    ``config.reference_max_comparisons`` others, spread evenly over the sorted names, so the cost
-    grows linearly with cohort size.
+    downsampled to ``config.reference_spacing_mm``, each pair of :func:`reference_comparisons` is
+    aligned by a quick rigid registration (:func:`rigid_similarity`), and the candidate with the
+    highest mean NCC to the others wins (:func:`most_similar`). The cohort runner runs the same
+    comparisons in parallel.
 
     Args:
         images: candidate volumes by name.
@@ -710,23 +772,6 @@ def choose_reference(images: Mapping[str, sitk.Image], config: RegistrationConfi
     names = sorted(images)
     if len(names) == 1:
         return names[0]
-    small = {name: _downsampled(images[name], config.reference_spacing_mm) for name in names}
-    quick = config.replace(
-        transforms=("Rigid",), linear_iterations=(200, 100), linear_shrink_factors=(2, 1),
-        linear_smoothing_sigmas=(1, 0), sampling="None", winsorize=(0.005, 0.995),
-    )
-    similarity: dict[tuple[str, str], float] = {}
-    for position, name in enumerate(names):
-        others = [n for n in names if n != name]
-        step = max(1, len(others) // max(1, config.reference_max_comparisons))
-        for other in others[::step][: config.reference_max_comparisons]:
-            pair = tuple(sorted((name, other)))
-            if pair in similarity:
-                continue
-            with register(small[pair[1]], small[pair[0]], quick) as result:
-                similarity[pair] = result.metrics["ncc_after"]
-    scores = {
-        name: float(np.mean([v for pair, v in similarity.items() if name in pair]))
-        for name in names
-    }
-    return max(names, key=lambda name: (scores[name], -names.index(name)))
+    similarity = {pair: rigid_similarity(images[pair[0]], images[pair[1]], config)
+                  for pair in reference_comparisons(names, config.reference_max_comparisons)}
+    return most_similar(names, similarity)

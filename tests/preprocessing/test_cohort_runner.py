@@ -172,6 +172,29 @@ def test_registration_raises_similarity_to_the_reference(run):
         assert _array(run / entry["t1_mask"]).shape == _array(reference).shape  # on the reference grid
 
 
+def test_common_space_puts_every_modality_of_a_subject_on_one_grid_and_anatomy(run):
+    """``registration.common_space: ct`` (demo): the T1 and T2 references are registered onto the CT reference."""
+    references = json.loads((run / "references" / "references.json").read_text())
+    assert "aligned_to" not in references["ct"]
+    ct_reference = sitk.ReadImage(str(run / "references" / references["ct"]["image"]))
+    for modality in ("t1", "t2"):
+        record = references[modality]
+        assert record["aligned_to"] == "ct"
+        assert (run / "references" / record["own_space_image"]).is_file()
+        assert all((run / "references" / name).is_file() for name in record["to_space_transforms"])
+        reference = sitk.ReadImage(str(run / "references" / record["image"]))
+        assert reference.GetSize() == ct_reference.GetSize() and reference.GetSpacing() == ct_reference.GetSpacing()
+    for entry in _entries(run):
+        labels = {m: _array(run / entry[f"truth_labels_in_{m}"]) for m in ("ct", "t1", "t2")}
+        grids = {m: sitk.ReadImage(str(run / entry[m])) for m in ("ct", "t1", "t2")}
+        assert len({(g.GetSize(), g.GetSpacing(), g.GetOrigin()) for g in grids.values()}) == 1
+        # One anatomy: the white matter of the three volumes has the same centre within a voxel
+        # (each volume went through its own subject and reference registrations).
+        centres = {m: np.argwhere(labels[m] == 6).mean(axis=0) for m in labels}
+        for modality in ("t1", "t2"):
+            assert np.abs(centres[modality] - centres["ct"]).max() < 1.0, (entry["subject"], centres)
+
+
 def test_t2_registered_to_own_t1_lands_within_two_voxels(run, cohort):
     import ants
     import pandas as pd

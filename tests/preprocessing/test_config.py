@@ -19,6 +19,7 @@ from preprocessing.config import (
     registration_config,
     shipped_config_path,
     slice_size,
+    validate_config,
 )
 
 
@@ -158,3 +159,18 @@ def test_output_min_spacing_per_modality_or_for_all():
     assert output_min_spacing(load_config("demo"), "t1") is None
     assert output_min_spacing(load_config({"registration": {"output_min_spacing_mm": 2}}), "t2") == 2.0
     assert output_min_spacing(load_config("ixi"), "t1") is None
+
+
+@pytest.mark.parametrize("value, message", [("xray", "must be null or a modality"), (3, "must be null or a modality")])
+def test_common_space_must_name_a_modality(value, message):
+    config = load_config("demo")
+    config["registration"]["common_space"] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_common_space_must_be_an_input_modality():
+    config = load_config("demo")
+    config["input"]["modalities"] = ["t1", "t2"]
+    with pytest.raises(ConfigError, match="registration.common_space.*not one of input.modalities"):
+        validate_config(config)

@@ -23,6 +23,8 @@ from preprocessing.registration import (
     ants_to_sitk,
     apply_transforms,
     choose_reference,
+    most_similar,
+    reference_comparisons,
     configure_determinism,
     map_fixed_points_to_moving,
     normalized_cross_correlation,
@@ -353,6 +355,20 @@ def test_choose_reference_picks_the_volume_most_similar_to_the_others():
         "other_head": head(seed=6),
     }
     assert choose_reference(images, RegistrationConfig(reference_spacing_mm=3.0)) == "centre"
+
+
+def test_reference_comparisons_are_unique_and_grow_linearly():
+    names = [f"s{i:02d}" for i in range(30)]
+    pairs = reference_comparisons(names, max_comparisons=4)
+    assert len(pairs) == len(set(pairs)) and all(a < b for a, b in pairs)
+    assert len(pairs) <= 30 * 4 and all(sum(name in pair for pair in pairs) >= 4 for name in names)
+    assert reference_comparisons(["b", "a", "c"], 12) == [("a", "b"), ("a", "c"), ("b", "c")]
+
+
+def test_most_similar_takes_the_best_mean_and_breaks_ties_by_name():
+    similarity = {("a", "b"): 0.5, ("a", "c"): 0.6, ("b", "c"): 0.9}
+    assert most_similar(["a", "b", "c"], similarity) == "c"  # c: 0.75, b: 0.7, a: 0.55
+    assert most_similar(["b", "a"], {("a", "b"): 0.8}) == "a"
 
 
 def test_choose_reference_given_by_name_or_file(tmp_path):

@@ -10,6 +10,7 @@ T ANTs threads each; the report's per-subject timings give the seconds per volum
 (read, register, mask, window, normalise, pair, slice, truth, qc) and the wall time gives the
 throughput. ``1x2`` and ``2x1`` are the runner's defaults for 1 and 2 workers on 2 cores
 (workers x threads = cores); ``1x1`` against ``2x1`` measures how the process pool alone scales.
+"""
 
 from __future__ import annotations
 

@@ -152,6 +152,18 @@ def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg
     assert torch.equal(loaded, torch.load(vgg19_weights, weights_only=True)["features.0.weight"])
 
 
+def test_without_the_perceptual_term_no_weights_file_is_needed(demo_dataset, tmp_path, monkeypatch):
+    """``--perceptual_weight 0``: SSIM cycle loss only, and a missing VGG19 file is then no error."""
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
+                              dataset_dir=str(demo_dataset), vgg19_weights=str(tmp_path / "absent.pth"),
+                              perceptual_weight=0.0, ckpt_dir=str(tmp_path / "models"),
+                              output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
+    workflow.initialize()
+    assert workflow.trainer.cycle_loss.weights == {"ssim": 1.0}
+    assert "perceptual" not in workflow.trainer.cycle_loss.terms
+
+
 def test_missing_vgg19_weights_fail_first_before_any_data_is_built(tmp_path):
     demo_data = REPO_ROOT / "demo_data"
     existed = demo_data.exists()

@@ -74,6 +74,7 @@ from preprocessing.registration import (
     RegistrationResult,
     apply_transforms,
     configure_determinism,
+    downsampled,
     most_similar,
     reference_comparisons,
     register,
@@ -414,11 +415,19 @@ def _coarsened(image: sitk.Image, min_spacing: float, outside: float) -> sitk.Im
                          image.GetDirection(), outside, sitk.sitkFloat32)
 
 
+def _comparison_copy_job(job: dict) -> dict:
+    """Write the downsampled copy of one reference candidate that its comparisons use."""
+    config = registration_config(job["config"], job["modality"])
+    image = downsampled(_read_image(Path(job["volume"])), config.reference_spacing_mm)
+    _write_image_plain(image, Path(job["copy"]))
+    return {"copy": job["copy"]}
+
+
 def _similarity_job(job: dict) -> dict:
-    """NCC of one pair of reference candidates after a quick rigid alignment."""
+    """NCC of one pair of reference candidates (their downsampled copies) after a quick rigid alignment."""
     first, second = job["pair"]
     config = registration_config(job["config"], job["modality"])
-    images = [_read_image(Path(job["candidates"][name])) for name in (first, second)]
+    images = [_read_image(Path(job["copies"][name])) for name in (first, second)]
     return {"pair": (first, second), "ncc": rigid_similarity(images[0], images[1], config)}
 
 
@@ -1204,6 +1213,7 @@ def _prepare_references(pool: ProcessPoolExecutor, config: dict, inputs: CohortI
     todo = [m for m in sorted(candidates) if m not in references]
     choices: dict[str, str] = {}
     comparisons = {}
+    copies: dict[str, dict[str, str]] = {}
     for modality in todo:
         reg = registration_config(config, modality)
         names = sorted(candidates[modality])
@@ -1215,9 +1225,14 @@ def _prepare_references(pool: ProcessPoolExecutor, config: dict, inputs: CohortI
         elif len(names) == 1:
             choices[modality] = names[0]
         else:
+            copies[modality] = {name: str(Path(path).with_name(f"{modality}_comparison_copy.nii"))
+                                for name, path in candidates[modality].items()}
             for pair in reference_comparisons(names, reg.reference_max_comparisons):
                 comparisons[(modality, pair)] = {"modality": modality, "pair": pair, "config": config,
-                                                 "candidates": candidates[modality]}
+                                                 "copies": copies[modality]}
+    _gathered(pool, _comparison_copy_job, {(m, name): {"modality": m, "config": config, "volume": candidates[m][name],
+                                                       "copy": copy} for m in copies for name, copy in copies[m].items()},
+              "downsampling candidates", progress)
     similarity = _gathered(pool, _similarity_job, comparisons, "comparing candidates", progress)
     for modality in todo:
         if modality not in choices:

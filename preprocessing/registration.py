@@ -663,7 +663,19 @@ def map_fixed_points_to_moving(points_lps: np.ndarray, result: RegistrationResul
 
 # --- reference selection -------------------------------------------------------------------------
 
-def _downsampled(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+def downsampled(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` smoothed and resampled to ``spacing_mm`` voxels (float32); unchanged if already as coarse.
+
+    The copies :func:`rigid_similarity` compares; computing them once per volume (as the cohort
+    runner does) and passing them in saves the smoothing of full-size volumes for every pair.
+
+    Args:
+        image: a 2D or 3D image.
+        spacing_mm: voxel side of the copy.
+
+    Returns:
+        The downsampled copy, same origin and direction.
+    """
     image = sitk.Cast(image, sitk.sitkFloat32)
     factors = [spacing_mm / s for s in image.GetSpacing()]
     if max(factors) <= 1:
@@ -703,6 +715,8 @@ def reference_comparisons(names: Sequence[str], max_comparisons: int) -> list[tu
 def rigid_similarity(first: sitk.Image, second: sitk.Image, config: RegistrationConfig | None = None) -> float:
     """NCC of two volumes after a quick rigid alignment on copies downsampled to ``config.reference_spacing_mm``.
 
+    Volumes already that coarse (:func:`downsampled` copies) are used as they are.
+
     Args:
         first: fixed volume.
         second: moving volume.
@@ -716,8 +730,8 @@ def rigid_similarity(first: sitk.Image, second: sitk.Image, config: Registration
         transforms=("Rigid",), linear_iterations=(200, 100), linear_shrink_factors=(2, 1),
         linear_smoothing_sigmas=(1, 0), sampling="None", winsorize=(0.005, 0.995),
     )
-    fixed = _downsampled(first, config.reference_spacing_mm)
-    moving = _downsampled(second, config.reference_spacing_mm)
+    fixed = downsampled(first, config.reference_spacing_mm)
+    moving = downsampled(second, config.reference_spacing_mm)
     with register(moving, fixed, quick) as result:
         return float(result.metrics["ncc_after"])
 

@@ -144,6 +144,11 @@ class RegistrationConfig:
             path of an image file; ``None`` chooses automatically.
         reference_spacing_mm: voxel size of the downsampled copies compared by :func:`choose_reference`.
         reference_max_comparisons: most other images each candidate is compared with.
+        level_unit: unit of the shrink factors and smoothing sigmas. ``"voxels"``: ANTs' own
+            (downsampling factors, sigmas in voxels). ``"mm"``: each shrink factor is the voxel
+            size of its level in millimetres (the factor passed to ANTs is that size over the
+            fixed image's finest spacing, rounded, at least 1) and the sigmas are in millimetres,
+            so one schedule suits a 4 mm and a 1 mm volume alike.
     """
 
     transforms: tuple[str, ...] | str = ("Rigid", "SyN")
@@ -174,6 +179,7 @@ class RegistrationConfig:
     reference: str | None = None
     reference_spacing_mm: float = 4.0
     reference_max_comparisons: int = 12
+    level_unit: str = "voxels"
 
     def __post_init__(self) -> None:
         if isinstance(self.transforms, str):
@@ -193,6 +199,8 @@ class RegistrationConfig:
             value = getattr(self, name)
             if value is not None and value.upper() not in METRICS:
                 raise ValueError(f"{name} must be one of {sorted(set(METRICS.values()))}, got {value!r}")
+        if self.level_unit not in ("voxels", "mm"):
+            raise ValueError(f"level_unit must be 'voxels' or 'mm', got {self.level_unit!r}")
         if self.sampling not in SAMPLING_STRATEGIES:
             raise ValueError(f"sampling must be one of {SAMPLING_STRATEGIES}, got {self.sampling!r}")
         if not 0 < self.sampling_rate <= 1:
@@ -384,7 +392,17 @@ def _metric_argument(name: str, fixed: str, moving: str, config: RegistrationCon
     return f"{metric}[{fixed},{moving},1,{parameter},{config.sampling},{config.sampling_rate:g}]"
 
 
-def _stage_arguments(stage: str, fixed: str, moving: str, config: RegistrationConfig) -> list[str]:
+def _shrink_and_smoothing(shrink: Sequence[float], sigmas: Sequence[float], config: RegistrationConfig,
+                          spacing_mm: float) -> tuple[str, str]:
+    """ANTs' ``--shrink-factors`` and ``--smoothing-sigmas`` values for ``config.level_unit``."""
+    if config.level_unit == "mm":
+        factors = [max(1, int(round(size / spacing_mm))) for size in shrink]
+        return _levels(factors), f"{_levels(sigmas)}mm"
+    return _levels(shrink), f"{_levels(sigmas)}vox"
+
+
+def _stage_arguments(stage: str, fixed: str, moving: str, config: RegistrationConfig,
+                     spacing_mm: float = 1.0) -> list[str]:
     if stage in LINEAR_TRANSFORMS:
         transform = f"{stage}[{config.linear_gradient_step:g}]"
         metric = _metric_argument(config.metric, fixed, moving, config, sampled=True)
@@ -394,12 +412,13 @@ def _stage_arguments(stage: str, fixed: str, moving: str, config: RegistrationCo
         # Dense metric evaluation: the SyN gradient is a per-voxel field.
         metric = _metric_argument(config.syn_metric or config.metric, fixed, moving, config, sampled=False)
         iterations, shrink, sigmas = config.syn_iterations, config.syn_shrink_factors, config.syn_smoothing_sigmas
+    shrink_argument, sigmas_argument = _shrink_and_smoothing(shrink, sigmas, config, spacing_mm)
     return [
         "--transform", transform,
         "--metric", metric,
         "--convergence", f"[{_levels(iterations)},{config.convergence_threshold:g},{config.convergence_window}]",
-        "--shrink-factors", _levels(shrink),
-        "--smoothing-sigmas", f"{_levels(sigmas)}vox",
+        "--shrink-factors", shrink_argument,
+        "--smoothing-sigmas", sigmas_argument,
     ]
 
 
@@ -417,7 +436,7 @@ def _run_stages(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", prefix: str, 
         initial = f"[{fixed_ptr},{moving_ptr},{INITIALIZATIONS[config.initialization]}]"
     args: list[str] = ["--dimensionality", str(fixed.dimension), "--initial-moving-transform", initial]
     for stage in config.transforms:
-        args += _stage_arguments(stage, fixed_ptr, moving_ptr, config)
+        args += _stage_arguments(stage, fixed_ptr, moving_ptr, config, spacing_mm=float(min(fixed.spacing)))
     if fixed_mask is not None or moving_mask is not None:
         fixed_mask_ptr = get_pointer_string(fixed_mask) if fixed_mask is not None else "NA"
         moving_mask_ptr = get_pointer_string(moving_mask) if moving_mask is not None else "NA"
@@ -728,7 +747,7 @@ def rigid_similarity(first: sitk.Image, second: sitk.Image, config: Registration
     config = config or RegistrationConfig()
     quick = config.replace(
         transforms=("Rigid",), linear_iterations=(200, 100), linear_shrink_factors=(2, 1),
-        linear_smoothing_sigmas=(1, 0), sampling="None", winsorize=(0.005, 0.995),
+        linear_smoothing_sigmas=(1, 0), sampling="None", winsorize=(0.005, 0.995), level_unit="voxels",
     )
     fixed = downsampled(first, config.reference_spacing_mm)
     moving = downsampled(second, config.reference_spacing_mm)

@@ -30,6 +30,7 @@ FAST_PREPROCESSING = {
     "registration": {
         "common": {
             "transforms": ["Rigid"],
+            "level_unit": "voxels",
             "linear_iterations": [20, 5],
             "linear_shrink_factors": [4, 2],
             "linear_smoothing_sigmas": [2, 1],

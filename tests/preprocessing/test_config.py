@@ -58,7 +58,8 @@ def test_extends_starts_from_a_shipped_config(tmp_path):
     assert config["name"] == "demo"
     assert registration_config(config, "t1").syn_iterations == (5, 0, 0)
     # The rest of demo's registration section is kept.
-    assert registration_config(config, "t1").linear_shrink_factors == (4, 2, 1)
+    assert registration_config(config, "t1").linear_shrink_factors == (8, 4)
+    assert registration_config(config, "t1").level_unit == "mm"
 
 
 def test_extends_relative_path_and_cycle(tmp_path):

@@ -22,6 +22,7 @@ from preprocessing.registration import (
     RegistrationResult,
     ants_to_sitk,
     apply_transforms,
+    _stage_arguments,
     choose_reference,
     most_similar,
     reference_comparisons,
@@ -355,6 +356,20 @@ def test_choose_reference_picks_the_volume_most_similar_to_the_others():
         "other_head": head(seed=6),
     }
     assert choose_reference(images, RegistrationConfig(reference_spacing_mm=3.0)) == "centre"
+
+
+@pytest.mark.parametrize("spacing, shrink, sigmas", [(1.0, "8x4x2", "3x2x1mm"), (4.0, "2x1x1", "3x2x1mm"),
+                                                     (0.9, "9x4x2", "3x2x1mm")])
+def test_levels_in_millimetres_give_each_resolution_its_shrink_factors(spacing, shrink, sigmas):
+    config = RegistrationConfig(level_unit="mm", syn_shrink_factors=(8, 4, 2), syn_smoothing_sigmas=(3, 2, 1))
+    arguments = _stage_arguments("SyN", "fixed", "moving", config, spacing_mm=spacing)
+    assert arguments[arguments.index("--shrink-factors") + 1] == shrink
+    assert arguments[arguments.index("--smoothing-sigmas") + 1] == sigmas
+    voxels = _stage_arguments("SyN", "fixed", "moving", config.replace(level_unit="voxels"), spacing_mm=spacing)
+    assert voxels[voxels.index("--shrink-factors") + 1] == "8x4x2"
+    assert voxels[voxels.index("--smoothing-sigmas") + 1] == "3x2x1vox"
+    with pytest.raises(ValueError, match="level_unit"):
+        RegistrationConfig(level_unit="inches")
 
 
 def test_reference_comparisons_are_unique_and_grow_linearly():

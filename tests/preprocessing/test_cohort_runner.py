@@ -47,7 +47,7 @@ FAST = """extends: demo
 registration:
   common:
     linear_iterations: [60, 30]
-    syn_iterations: [30, 10, 0]
+    syn_iterations: [40, 20, 0]
 """
 REPOSITORY = Path(__file__).resolve().parents[2]
 ARTEFACT_LABELS = (HOLDER_PLATE, COUCH, CONTACT_PAD)

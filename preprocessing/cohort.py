@@ -451,6 +451,7 @@ def _reference_job(job: dict) -> dict:
         image = _load_reference_image(choice)
         description = {"kind": "file", "file": Path(choice).name}
         inputs = [input_record(choice, Path(choice).name, "reference file")]
+    native = image
     minimum = output_min_spacing(config, modality)
     if minimum is not None:
         image = _coarsened(image, minimum, _AIR.get(modality, 0.0))
@@ -461,7 +462,12 @@ def _reference_job(job: dict) -> dict:
     write_sidecar(image_path, "choose_reference", inputs, parameters)
     record = {**description, "image": _relative(image_path, output / "references"), "image_sha256": file_sha256(image_path)}
     if modality == "ct" and config["artefact"]["enabled"] and config["artefact"]["mode"] == "reference":
-        mask, info = _build_artefact_mask(image, config["artefact"]["options"])
+        # Built at the scanner's resolution: on the smoothed, coarsened grid a thin holder plate
+        # and its contact pads blur into one dense piece with the skull, which is then not
+        # recognised as holder.
+        mask, info = _build_artefact_mask(native, config["artefact"]["options"])
+        if native is not image:
+            mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
         mask_path = _write_image(mask, folder / "reference_ct_mask.nii.gz")
         write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
                       {"options": config["artefact"]["options"], "result": info})

@@ -479,7 +479,7 @@ def _align_reference_job(job: dict) -> dict:
     """Register one modality's reference onto the common space's reference and write it there.
 
     A CT reference is registered with its head holder removed (its artefact mask applied: the
-    holder has no counterpart in MR and would pull the alignment), and the mask follows it onto
+    holder has no counterpart in MR and would pull the alignment); its mask is then built again on
     the common grid. Subjects keep registering onto the reference in its own space (same
     modality, same holder); their outputs go through both transforms in one resampling.
     """
@@ -514,7 +514,6 @@ def _align_reference_job(job: dict) -> dict:
                   alignment=result.metrics)
     if mask is not None:
         record.update(own_space_mask=own["mask"])
-    if mask is not None:
         options = job["config"]["artefact"]["options"]
         common_mask, info = _build_artefact_mask(warped, options)
         mask_path = _write_image(common_mask, references / "reference_ct_mask.nii.gz")

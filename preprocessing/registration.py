@@ -720,15 +720,13 @@ def reference_comparisons(names: Sequence[str], max_comparisons: int) -> list[tu
         Sorted ``(a, b)`` name pairs with ``a < b``.
     """
     names = sorted(names)
-    pairs: list[tuple[str, str]] = []
+    pairs: dict[tuple[str, str], None] = {}  # insertion-ordered set: linear in the cohort size
     for name in names:
         others = [n for n in names if n != name]
         step = max(1, len(others) // max(1, max_comparisons))
         for other in others[::step][:max_comparisons]:
-            pair = (min(name, other), max(name, other))
-            if pair not in pairs:
-                pairs.append(pair)
-    return pairs
+            pairs[(min(name, other), max(name, other))] = None
+    return list(pairs)
 
 
 def rigid_similarity(first: sitk.Image, second: sitk.Image, config: RegistrationConfig | None = None) -> float:

@@ -395,6 +395,26 @@ def _apply_artefact_mask(ct_hu: sitk.Image, mask: sitk.Image, outside_hu: float)
     return _like(masked.astype(np.float32), ct_hu)
 
 
+def _same_grid(first: sitk.Image, second: sitk.Image) -> bool:
+    return first.GetSize() == second.GetSize() and all(
+        np.allclose(getattr(first, name)(), getattr(second, name)(), atol=1e-6)
+        for name in ("GetSpacing", "GetOrigin", "GetDirection"))
+
+
+def _carried_mask(mask: sitk.Image, grid: sitk.Image, transforms: list[str]) -> sitk.Image:
+    """A binary mask carried onto ``grid`` (through ANTs transform files, or by position).
+
+    The mask is interpolated linearly and thresholded at one half: its edge then follows the
+    transformed boundary to a fraction of a voxel, where nearest-neighbour sampling moves it by up
+    to half a voxel of the finer grid and a mask rebuilt on the new grid loses what the new grid
+    cannot resolve (a holder plate thinner than its voxels).
+    """
+    if not transforms and _same_grid(mask, grid):
+        return mask
+    fraction = _warp(sitk.Cast(mask > 0, sitk.sitkFloat32), grid, transforms, "linear", 0.0)
+    return sitk.Cast(fraction >= 0.5, sitk.sitkUInt8)
+
+
 def _coarsened(image: sitk.Image, min_spacing: float, outside: float) -> sitk.Image:
     """``image`` on a grid with no voxel side below ``min_spacing`` mm (coarser axes are kept).
 
@@ -461,13 +481,14 @@ def _reference_job(job: dict) -> dict:
                   "output_min_spacing_mm": minimum, "registration": _jsonable(reg.__dict__)}
     write_sidecar(image_path, "choose_reference", inputs, parameters)
     record = {**description, "image": _relative(image_path, output / "references"), "image_sha256": file_sha256(image_path)}
-    if modality == "ct" and config["artefact"]["enabled"] and config["artefact"]["mode"] == "reference":
-        # Built at the scanner's resolution: on the smoothed, coarsened grid a thin holder plate
-        # and its contact pads blur into one dense piece with the skull, which is then not
+    if modality == "ct" and config["artefact"]["enabled"]:
+        # Whatever the mode, the reference's mask also restricts the CT registration metric to the
+        # head. Built at the scanner's resolution: on the smoothed, coarsened grid a thin holder
+        # plate and its contact pads blur into one dense piece with the skull, which is then not
         # recognised as holder.
         mask, info = _build_artefact_mask(native, config["artefact"]["options"])
         if native is not image:
-            mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+            mask = _carried_mask(mask, image, [])
         mask_path = _write_image(mask, folder / "reference_ct_mask.nii.gz")
         write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
                       {"options": config["artefact"]["options"], "result": info})
@@ -479,8 +500,8 @@ def _align_reference_job(job: dict) -> dict:
     """Register one modality's reference onto the common space's reference and write it there.
 
     A CT reference is registered with its head holder removed (its artefact mask applied: the
-    holder has no counterpart in MR and would pull the alignment); its mask is then built again on
-    the common grid. Subjects keep registering onto the reference in its own space (same
+    holder has no counterpart in MR and would pull the alignment); its mask is carried into the
+    common space with the same transforms. Subjects keep registering onto the reference in its own space (same
     modality, same holder); their outputs go through both transforms in one resampling.
     """
     modality, space = job["modality"], job["space"]
@@ -501,8 +522,9 @@ def _align_reference_job(job: dict) -> dict:
     for path in sorted((references / "transforms").glob(f"{modality}_to_{space}_*")):
         if not path.name.endswith(".provenance.json"):
             write_sidecar(path, "align_reference", inputs, parameters)
-    # The reference keeps its holder, like every registered CT the mask is applied to; the mask
-    # is built again on the common grid rather than resampled (a resampled mask loses its edge).
+    # The reference keeps its holder, like every registered CT the mask is applied to. Its mask
+    # is carried rather than built again on the common grid, which may be too coarse to resolve
+    # the holder (see _reference_job).
     warped = result.warped if mask is None else apply_transforms(
         moving, fixed, result.forward_transforms, "linear", default_value=config.default_value)
     image_path = _write_image(warped, references / f"reference_{modality}.nii.gz")
@@ -514,11 +536,11 @@ def _align_reference_job(job: dict) -> dict:
                   alignment=result.metrics)
     if mask is not None:
         record.update(own_space_mask=own["mask"])
-        options = job["config"]["artefact"]["options"]
-        common_mask, info = _build_artefact_mask(warped, options)
+        common_mask = _carried_mask(mask, fixed, result.forward_transforms)
         mask_path = _write_image(common_mask, references / "reference_ct_mask.nii.gz")
-        write_sidecar(mask_path, "artefact_mask", [input_record(image_path, image_path.name, "reference CT")],
-                      {"options": options, "result": info})
+        write_sidecar(mask_path, "artefact_mask",
+                      [input_record(references / own["mask"], f"references/{own['mask']}", "own-space mask")],
+                      {"options": job["config"]["artefact"]["options"], "transforms": record["to_space_transforms"]})
         record.update(mask=mask_path.name, mask_sha256=file_sha256(mask_path))
     return record
 
@@ -667,6 +689,8 @@ class _Subject:
 
     Attributes:
         registered: volumes on their output grid, before masking and normalisation (by modality).
+        holder_free: the CT as read with its own artefact mask applied (``native_masks``), which
+            ``per_subject`` mode registers in place of the CT as read.
         forward: transform files from each raw volume to its output grid (empty: no registration).
         volumes, masks: the final volumes (windowed CT, normalised MR, pairs) and their masks, by
             dataset key; slices are cut from them.
@@ -682,6 +706,8 @@ class _Subject:
     entry: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=lambda: {"registration": {}})
     registered: dict[str, sitk.Image] = field(default_factory=dict)
+    holder_free: dict[str, sitk.Image] = field(default_factory=dict)
+    native_masks: dict[str, sitk.Image] = field(default_factory=dict)
     forward: dict[str, list[str]] = field(default_factory=dict)
     volumes: dict[str, sitk.Image] = field(default_factory=dict)
     masks: dict[str, sitk.Image] = field(default_factory=dict)
@@ -728,6 +754,9 @@ def _process_subject(job: dict, folder: Path, timer: _Timer) -> tuple[dict, dict
                                      sha256=job["inputs_sha256"][m])] for m in job["modalities"]},
     )
     subject.entry["subject"] = subject.name
+    artefact = subject.config["artefact"]
+    if "ct" in job["modalities"] and artefact["enabled"] and artefact["mode"] == "per_subject":
+        _remove_holder_as_read(subject)
     _register_to_references(subject)
     if "ct" in job["modalities"]:
         _mask_and_window_ct(subject)
@@ -740,6 +769,19 @@ def _process_subject(job: dict, folder: Path, timer: _Timer) -> tuple[dict, dict
     if subject.config["qc"]["enabled"]:
         _draw_qc(subject)
     return subject.entry, subject.metrics
+
+
+def _remove_holder_as_read(s: _Subject) -> None:
+    """The CT's own artefact mask, built at the scanner's resolution, and the CT without its holder.
+
+    Registering the holder-free CT onto the holder-free reference lets the metric see the whole
+    head outline: the reference-mode alternative (the holder kept, the metric restricted to the
+    reference's head) ignores a moving head that extends beyond the reference's.
+    """
+    with s.timer("mask.ct"):
+        mask, s.metrics["artefact_mask"] = _build_artefact_mask(s.raw["ct"], s.config["artefact"]["options"])
+        s.native_masks["ct"] = mask
+        s.holder_free["ct"] = _apply_artefact_mask(s.raw["ct"], mask, float(s.config["artefact"]["outside_hu"]))
 
 
 def _register_to_references(s: _Subject) -> None:
@@ -761,21 +803,28 @@ def _register_to_references(s: _Subject) -> None:
             mask_name = reference.get("own_space_mask") if aligned else reference.get("mask")
             fixed = _read_image(s.reference_file(fixed_name))
             config = registration_config(s.config, modality)
-            # The CT metric counts the reference's head only: holder and couch stay where the
-            # scanner put them while the head moves, and would pull the alignment towards them.
+            # Holder and couch stay where the scanner put them while the head moves, and would pull
+            # the alignment towards them: either both CTs lose their holder, or the metric counts
+            # the reference's head only.
             fixed_mask = _read_image(s.reference_file(mask_name)) if mask_name else None
+            moving = s.holder_free.get(modality, s.raw[modality])
+            if modality in s.holder_free and fixed_mask is not None:
+                fixed_for_metric = _apply_artefact_mask(fixed, fixed_mask, float(s.config["artefact"]["outside_hu"]))
+                fixed_mask = None
+            else:
+                fixed_for_metric = fixed
             is_reference = reference.get("subject") == s.name
             if is_reference:  # the reference, possibly on a coarsened grid, is its own registered volume
                 result = _identity_result(fixed)
             else:
-                result = register(s.raw[modality], fixed, config, fixed_mask=fixed_mask)
+                result = register(moving, fixed_for_metric, config, fixed_mask=fixed_mask)
             prefix = f"{modality}_to_reference_"
             result = _save_transforms(result, s.transforms, prefix)
             warped, forward = result.warped, list(result.forward_transforms)
             if aligned:
                 fixed = _read_image(s.reference_file(reference["image"]))
                 forward = [str(s.reference_file(name)) for name in reference["to_space_transforms"]] + forward
-                warped = apply_transforms(s.raw[modality], fixed, forward, "linear", default_value=config.default_value)
+                warped = apply_transforms(moving, fixed, forward, "linear", default_value=config.default_value)
             s.registered[modality], s.forward[modality] = warped, forward
             s.metrics["registration"][modality] = {**result.metrics, "reference": is_reference}
             fixed_record = input_record(s.reference_file(fixed_name), f"references/{fixed_name}", "fixed", sha256=fixed_sha)
@@ -796,12 +845,15 @@ def _mask_and_window_ct(s: _Subject) -> None:
         if not artefact["enabled"]:
             keep, masked = _like(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8), ct), ct
         else:
-            if artefact["mode"] == "reference" and reference.get("mask"):
+            if artefact["mode"] == "reference":
                 keep = _read_image(s.reference_file(reference["mask"]))
                 mask_inputs = [input_record(s.reference_file(reference["mask"]), f"references/{reference['mask']}",
                                             "reference artefact mask", sha256=reference["mask_sha256"])]
             else:
-                keep, s.metrics["artefact_mask"] = _build_artefact_mask(ct, artefact["options"])
+                # Built on the CT as read (_remove_holder_as_read) and carried with the CT's own
+                # transforms: the mask follows this head wherever the registration leaves it.
+                keep = _carried_mask(s.native_masks["ct"], ct, s.forward["ct"])
+                mask_inputs = s.raw_inputs["ct"]
             masked = _apply_artefact_mask(ct, keep, float(artefact["outside_hu"]))
         mask_path = writer.image(keep, f"{s.name}_ct_mask.nii.gz", "artefact_mask", mask_inputs, {"artefact": artefact})
         hu_path = writer.image(masked, f"{s.name}_ct_hu.nii.gz", "artefact_mask",
@@ -819,7 +871,9 @@ def _mask_and_window_ct(s: _Subject) -> None:
         from preprocessing.qc import artefact_montage
 
         with s.timer("qc"):
-            path = artefact_montage(ct, keep, masked, s.folder / "qc" / f"{s.name}_artefact.png",
+            # A per-subject mask is drawn where it was built, on the CT as read.
+            shown = (s.raw["ct"], s.native_masks["ct"], s.holder_free["ct"]) if "ct" in s.native_masks else (ct, keep, masked)
+            path = artefact_montage(*shown, s.folder / "qc" / f"{s.name}_artefact.png",
                                     title=f"{s.name}: CT artefact mask")
             writer.track(path, "qc", [writer.record(mask_path, "keep mask")], {})
 

@@ -132,9 +132,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "artefact": {
         "enabled": True,
-        # reference: one mask, built on the registered reference CT, applied to every registered
-        # CT (subjects are aligned to it); per_subject: a mask per CT (unregistered data).
-        "mode": "reference",
+        # per_subject: each CT's own mask, built on the CT as read (the scanner's resolution) and
+        # carried with its transforms; reference: the CT study's one mask, built on the reference
+        # CT and applied to every registered CT, which loses the head where a registered head
+        # extends beyond the reference's (docs/preprocessing.md, step 4).
+        "mode": "per_subject",
         # Keyword arguments of preprocessing.artefact_mask.build_artefact_mask (threshold_hu,
         # n_erosions, margin...); its defaults are chosen by that module.
         "options": {},

@@ -242,7 +242,10 @@ def test_paired_truth_matches_the_registered_volumes(run):
 
 
 def test_artefact_mask_removes_the_holder_and_keeps_the_head(run):
-    """The reference's mask on every registered CT, measured against the raw CT labels carried through the registration."""
+    """Each CT's own mask (demo: ``per_subject``), built as read and carried with the CT's transforms.
+
+    Measured against the raw CT's labels carried through the same registration.
+    """
     measures = []
     for entry in _entries(run):
         labels = _array(run / entry["truth_labels_in_ct"])
@@ -342,13 +345,14 @@ def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
     """Each bad input fails its subject with the file and the problem named; the good subject finishes.
 
     The run also exercises the options the main run leaves at their demo values: a T1 reference
-    given as an image file, the per-subject artefact mask and the pseudonym map.
+    given as an image file, an MR common space (the CT reference registered onto the T1 one, its
+    mask carried along), the CT study's reference artefact mask and the pseudonym map.
     """
     expected = _bad_cohort(cohort, tmp_path / "input")
     template = tmp_path / "template-T1.nii.gz"
     shutil.copy(cohort / "raw" / "mri" / "demo002-T1.nii.gz", template)
     config = tmp_path / "fast.yaml"
-    config.write_text(FAST + f"  t1:\n    reference: {template}\nartefact:\n  mode: per_subject\n"
+    config.write_text(FAST + f"  t1:\n    reference: {template}\n  common_space: t1\nartefact:\n  mode: reference\n"
                              "write_pseudonym_map: true\n")
     output = tmp_path / "output"
     result = _run_cli("run", "--config", str(config), "--input", str(tmp_path / "input"), "--output", str(output),
@@ -370,8 +374,19 @@ def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
     assert not good["registration"]["t1"]["reference"]  # registered onto the file, not the identity
     assert good["registration"]["t1"]["ncc_after"] > good["registration"]["t1"]["ncc_before"]
     marker = json.loads((output / "subjects" / names["demo001"] / f"{names['demo001']}_subject.json").read_text())
-    assert marker["metrics"]["artefact_mask"]["automatic"]  # its own mask, built on its registered CT
-    assert not (output / "references" / "reference_ct_mask.nii.gz").exists()
+    assert "artefact_mask" not in marker["metrics"]  # no mask of its own: the reference's is applied
+    entry = next(e for s in ("training", "validation", "test") for e in _datalist(output)[s])
+    np.testing.assert_array_equal(_array(output / entry["ct_mask"]), _array(output / "references" / "reference_ct_mask.nii.gz"))
+    # The CT lies on the T1 reference's grid, and the reference's mask carried there still
+    # removes the holder and keeps the head.
+    t1_grid = sitk.ReadImage(str(output / "references" / "reference_t1.nii.gz"))
+    ct_grid = sitk.ReadImage(str(output / entry["ct"]))
+    assert ct_grid.GetSize() == t1_grid.GetSize() and np.allclose(ct_grid.GetOrigin(), t1_grid.GetOrigin())
+    assert json.loads((output / "references" / "references.json").read_text())["ct"]["aligned_to"] == "t1"
+    labels = _array(output / entry["truth_labels_in_ct"])
+    artefact = np.isin(labels, ARTEFACT_LABELS)
+    measure = measure_artefact_removal(_array(output / entry["ct_mask"]) > 0, (labels > 0) & ~artefact, artefact)
+    assert measure["artefact_remaining_fraction"] < 0.01 and measure["head_lost_fraction"] < 0.005, measure
 
 
 def test_discovery_of_layouts(cohort, tmp_path):

@@ -9,7 +9,9 @@ Adam) at 256x256, batch 1, with the ResNet-9 and U-Net-256 generators and the 70
   discriminator passes separate), float32, written out here in plain PyTorch on the same networks;
 - ``engine``: :class:`modality_translation.engines.CycleGANTrainer` (float32, batched calls where the
   networks allow it);
-- ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout.
+- ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout;
+  ``engine-bf16-compile`` compiles the networks (``compile_networks``): its compilation happens in the
+  warm-up iterations, whose times are recorded separately (``warmup_seconds``).
 
 Each configuration runs in its own process with a fixed thread count (``--threads``), after
 ``--warmup`` iterations, and the whole list of configurations is repeated ``--rounds`` times so
@@ -43,7 +45,7 @@ if str(REPOSITORY) not in sys.path:
 
 #: Seconds per iteration of the reference implementation measured on the 2-core development machine.
 REFERENCE_SECONDS_2CORE = {"resnet9": 5.2, "unet256": 1.45}
-VARIANTS = ("reference", "engine", "engine-bf16", "engine-bf16-cl")
+VARIANTS = ("reference", "engine", "engine-bf16", "engine-bf16-cl", "engine-bf16-compile")
 SIZE = 256
 
 
@@ -137,7 +139,8 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
             device, 1, loader, *nets, g_optimizer, d_optimizer,
             adversarial_loss=AdversarialLoss("least_squares", discriminator_scale=0.5),
             amp=variant.startswith("engine-bf16"), amp_dtype="bfloat16",
-            channels_last=variant.endswith("-cl"), epoch_length=total,
+            channels_last=variant.endswith("-cl"), compile_networks=variant.endswith("-compile"),
+            epoch_length=total,
         )
         starts: list[tuple[float, float]] = []
 
@@ -166,6 +169,7 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
         "iterations_per_second": 1.0 / median,
         "images_per_second": batch_size / median,
         "timed_iterations": timed,
+        "warmup_seconds": durations[:warmup],
         "cpu_seconds_per_iteration": statistics.median(cpu_timed),
         "timed_cpu_seconds": cpu_timed,
         "load_average_after": os.getloadavg()[0],
@@ -198,6 +202,7 @@ def merge_rounds(runs: list[dict]) -> dict:
         timed_iterations=timed,
         timed_cpu_seconds=cpu_timed,
         load_averages=[r["load_average_after"] for r in valid],
+        warmup_seconds=[t for r in valid for t in r.get("warmup_seconds", [])],
     )
     return merged
 

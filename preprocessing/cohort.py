@@ -1166,7 +1166,7 @@ def run_cohort(
             phases["process"] = time.perf_counter()
             results: dict[str, dict] = {}
             inputs_metadata: dict[str, dict] = {}
-            jobs = {}
+            jobs, pending = {}, []
             for source in inputs.subjects:
                 read = reads[source.subject]
                 if read["status"] != STATUS_OK:
@@ -1190,6 +1190,10 @@ def run_cohort(
                        "truth": str(source.truth) if source.truth else None, "inputs_sha256": read["inputs_sha256"],
                        "names": names, "anywhere": anywhere, "identifiers": read["identifiers"], "key": key,
                        "read_seconds": read["seconds"]}
+                pending.append(job)
+            # Longest first: the last subjects to start are then the shortest, so the workers finish
+            # together instead of one waiting for the other's last large subject.
+            for job in sorted(pending, key=lambda j: _estimated_work(j, reads[j["subject"]]["metadata"]), reverse=True):
                 jobs[pool.submit(_process_job, job)] = job
             for future in tqdm(as_completed(jobs), total=len(jobs), desc="process", unit="subject",
                                disable=not progress):
@@ -1208,6 +1212,20 @@ def run_cohort(
     report = _write_cohort_outputs(config, config_hash, inputs, references, results, output, workers, threads,
                                    time.perf_counter() - start, phase_seconds)
     return report
+
+
+def _estimated_work(job: dict, metadata: Mapping[str, dict]) -> float:
+    """Relative cost of processing a subject: the voxels it registers, plus a tenth for every other step.
+
+    A subject whose volume is a modality's reference is not registered for that modality (identity).
+    """
+    work = 0.0
+    for modality in job["modalities"]:
+        voxels = float(np.prod(metadata.get(modality, {}).get("size", [0])))
+        reference = job["references"].get(modality)
+        registered = reference is not None and reference.get("subject") != job["subject"]
+        work += voxels * (1.1 if registered else 0.1)
+    return work
 
 
 def _gathered(pool: ProcessPoolExecutor, function: Any, jobs: Mapping[Any, dict], what: str,

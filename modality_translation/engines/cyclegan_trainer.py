@@ -34,6 +34,8 @@ the losses replicated, as for MONAI's own trainers. :func:`losses_from_output` p
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -107,6 +109,25 @@ class UnpairedBatch:
         source = self._to(batchdata[self.source_key], device, non_blocking, **kwargs)
         target = batchdata.get(self.target_key)
         return source, None if target is None else self._to(target, device, non_blocking, **kwargs)
+
+
+def compile_in_place(networks: Sequence[nn.Module], device: torch.device) -> None:
+    """``torch.compile`` each network's forward in place (``nn.Module.compile``: same parameters, same keys).
+
+    Raises:
+        RuntimeError: on CPU without a C++ compiler, which the compiled CPU kernels need (checked
+            here, rather than failing inside the first iteration).
+    """
+    if device.type == "cpu":
+        from torch._inductor import config as inductor_config
+
+        configured = inductor_config.cpp.cxx
+        names = [os.environ.get("CXX"), *(configured if isinstance(configured, tuple) else (configured,)), "g++", "clang++"]
+        if not any(shutil.which(name) for name in names if name):
+            raise RuntimeError("compile_networks needs a C++ compiler on CPU (g++ or clang++, or set CXX); "
+                               "install one or train without compile_networks")
+    for net in networks:
+        net.compile()
 
 
 def resolve_amp_dtype(device: torch.device, amp_dtype: str | torch.dtype | None) -> torch.dtype:
@@ -194,6 +215,11 @@ class CycleGANTrainer(Trainer):
         amp: mixed precision: autocast to ``amp_dtype``; float16 uses a gradient scaler per optimiser.
         amp_dtype: ``"float16"`` or ``"bfloat16"``; default float16 on CUDA, bfloat16 on CPU.
         channels_last: convert the networks and 2D batches to channels-last memory layout.
+        compile_networks: compile each network's forward in place with :func:`torch.compile`
+            (parameters and checkpoint keys unchanged). The first iteration, and the first one of
+            each new batch shape or train/eval mode, waits for compilation (minutes on a 2-core
+            CPU); later iterations are faster (docs/library.md, benchmarks). On CPU it needs a
+            C++ compiler.
         fuse_batches: pass pairs of images through a network as one batch; default (``None``):
             when no network has batch normalisation.
         source_key: batch key of the domain A images.
@@ -216,6 +242,7 @@ class CycleGANTrainer(Trainer):
 
     Raises:
         ValueError: for a k below 1, negative weights, or an unsupported AMP dtype.
+        RuntimeError: ``compile_networks`` on CPU without a C++ compiler.
     """
 
     def __init__(
@@ -240,6 +267,7 @@ class CycleGANTrainer(Trainer):
         amp: bool = False,
         amp_dtype: str | torch.dtype | None = None,
         channels_last: bool = False,
+        compile_networks: bool = False,
         fuse_batches: bool | None = None,
         source_key: str = "A",
         target_key: str = "B",
@@ -288,6 +316,8 @@ class CycleGANTrainer(Trainer):
         if channels_last:
             for net in self.networks:
                 net.to(memory_format=torch.channels_last)
+        if compile_networks:
+            compile_in_place(self.networks, device)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self.adversarial_loss = adversarial_loss if adversarial_loss is not None else AdversarialLoss()

@@ -460,3 +460,16 @@ def test_reference_grid_coarsening_keeps_the_field_of_view_and_the_signal():
     # The signal is conserved: 4 fine voxels per coarse voxel in-plane.
     assert sitk.GetArrayFromImage(coarse).sum() * 4 == pytest.approx(array.sum(), rel=1e-3)
     assert _coarsened(coarse, 1.0, 0.0) is coarse
+
+
+def test_subjects_are_scheduled_longest_first():
+    """A subject whose volumes are registered weighs more than a reference subject of the same size."""
+    from preprocessing.cohort import _estimated_work
+
+    references = {"ct": {"subject": "sub-a"}, "t1": {"subject": "sub-b"}}
+    metadata = {"ct": {"size": [64, 64, 40]}, "t1": {"size": [40, 64, 64]}}
+    work = {name: _estimated_work({"subject": name, "modalities": ["ct", "t1"], "references": references}, metadata)
+            for name in ("sub-a", "sub-b", "sub-c")}
+    assert work["sub-c"] > work["sub-a"] == work["sub-b"] > 0
+    bigger = {"ct": {"size": [128, 128, 80]}, "t1": {"size": [40, 64, 64]}}
+    assert _estimated_work({"subject": "sub-a", "modalities": ["ct", "t1"], "references": references}, bigger) > work["sub-a"]

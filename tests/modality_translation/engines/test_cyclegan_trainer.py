@@ -1,4 +1,5 @@
 import logging
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modality_translation.engines import IMAGE_KEYS, CycleGANTrainer, adam_optimizer, losses_from_output
+from modality_translation.engines.cyclegan_trainer import compile_in_place
 from modality_translation.losses import CycleConsistencyLoss
 from tests.modality_translation.engines.toy import (
     blob_images,
@@ -161,7 +163,7 @@ def test_unsupported_amp_dtype_and_ratio_rejected():
         make_trainer(generator_steps_per_discriminator_step=0)
 
 
-def _one_iteration(fuse, channels_last=False):
+def _one_iteration(fuse, channels_last=False, compile_networks=False):
     torch.manual_seed(0)
     nets = [tiny_generator(norm=True), tiny_generator(norm=True), tiny_discriminator(), tiny_discriminator()]
     trainer = CycleGANTrainer(
@@ -169,7 +171,7 @@ def _one_iteration(fuse, channels_last=False):
         # Plain SGD: Adam's first step is about lr * sign(gradient), which magnifies rounding differences.
         torch.optim.SGD([p for n in nets[:2] for p in n.parameters()], lr=0.1),
         torch.optim.SGD([p for n in nets[2:] for p in n.parameters()], lr=0.1),
-        fuse_batches=fuse, channels_last=channels_last, decollate=False,
+        fuse_batches=fuse, channels_last=channels_last, compile_networks=compile_networks, decollate=False,
     )
     trainer.run()
     return trainer.state.output, [p.detach().clone() for net in nets for p in net.parameters()]
@@ -189,6 +191,25 @@ def test_channels_last_gives_the_same_step():
     channels_last_output, _ = _one_iteration(fuse=True, channels_last=True)
     assert channels_last_output["loss_G"] == pytest.approx(reference_output["loss_G"], rel=1e-5)
     torch.testing.assert_close(channels_last_output["fake_B"], reference_output["fake_B"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++")), reason="no C++ compiler")
+def test_compiled_networks_give_the_same_step_and_keep_their_checkpoint_keys():
+    reference_output, reference_weights = _one_iteration(fuse=True)
+    compiled_output, compiled_weights = _one_iteration(fuse=True, compile_networks=True)
+    assert compiled_output["loss_G"] == pytest.approx(reference_output["loss_G"], rel=1e-4)
+    for compiled, reference in zip(compiled_weights, reference_weights):
+        torch.testing.assert_close(compiled, reference, rtol=1e-3, atol=1e-4)
+    net = tiny_generator()
+    keys = list(net.state_dict())
+    compile_in_place([net], torch.device("cpu"))
+    assert list(net.state_dict()) == keys  # checkpoints load into uncompiled networks and back
+
+
+def test_compiling_without_a_cpp_compiler_is_refused_before_training(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        make_trainer(compile_networks=True)
 
 
 def test_batch_norm_networks_are_not_batched_together():

@@ -17,7 +17,7 @@ from monai.networks.layers.factories import Conv, Dropout
 from torch import nn
 
 from modality_translation.networks.init import init_weights
-from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer, padded_conv
+from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer
 
 
 def _conv_norm_relu(conv: nn.Module, norm: str, spatial_dims: int) -> list[nn.Module]:
@@ -37,7 +37,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, norm: str = "instance", dropout: float = 0.0) -> None:
         super().__init__()
-        conv = padded_conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         bias = conv_bias(norm)
         layers = _conv_norm_relu(
             conv(channels, channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias), norm, spatial_dims
@@ -94,7 +94,7 @@ class ResNetGenerator(nn.Module):
         norm = check_norm(norm)
         self.spatial_dims = spatial_dims
         self.num_downsamplings = num_downsamplings
-        conv = padded_conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         conv_transpose = Conv[Conv.CONVTRANS, spatial_dims]
         bias = conv_bias(norm)
 

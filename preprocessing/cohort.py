@@ -2,9 +2,11 @@
 
 ``python -m preprocessing run --config CONFIG --input DIR --output OUT [--workers N]``
 
-Per subject: read (CT DICOM series, MR NIfTI) → register each volume to its modality's reference →
-CT artefact mask → CT windowing (the HU volume is kept too) → MR head mask and normalisation →
-T2 (and other MR) registered onto the subject's own T1 (paired volumes) → slices → QC montages.
+Per subject: read (CT DICOM series, MR NIfTI) → CT artefact mask on the CT as read (per-subject
+mode) → register each volume to its modality's reference → CT artefact mask carried onto (or, in
+reference mode, taken from) the reference grid → CT windowing (the HU volume is kept too) → MR head
+mask and normalisation → T2 (and other MR) registered onto the subject's own T1 (paired volumes) →
+slices → QC montages.
 For the demo cohort, the ground truth is also carried into every registered space.
 
 Two phases, because references are cohort-wide:

@@ -100,7 +100,7 @@ def test_mapping_input_and_registration_layers():
         ({"input": {"dicom": {"missing": "reject"}}}, "input.dicom"),
         ({"artefact": {"mode": "atlas"}}, "artefact.mode"),
         ({"artefact": {"options": {"erosions": 2}}}, "artefact.options"),
-        ({"registration": {"enabled": False}}, "artefact.mode"),
+        ({"registration": {"enabled": False}, "artefact": {"mode": "reference"}}, "artefact.mode"),
         ({"pairing": {"fixed": "t2", "moving": ["t2"]}}, "pairing"),
         ({"pseudonym": {"length": 4}}, "pseudonym.length"),
         ({"registration": {"output_min_spacing_mm": {"ct": -1}}}, "registration.output_min_spacing_mm"),

@@ -484,10 +484,11 @@ def _reference_job(job: dict) -> dict:
     write_sidecar(image_path, "choose_reference", inputs, parameters)
     record = {**description, "image": _relative(image_path, output / "references"), "image_sha256": file_sha256(image_path)}
     if modality == "ct" and config["artefact"]["enabled"]:
-        # Whatever the mode, the reference's mask also restricts the CT registration metric to the
-        # head. Built at the scanner's resolution: on the smoothed, coarsened grid a thin holder
-        # plate and its contact pads blur into one dense piece with the skull, which is then not
-        # recognised as holder.
+        # Whatever the mode the reference needs its mask: reference mode applies it to every CT
+        # and restricts the CT registration metric with it; per-subject mode removes the
+        # reference's holder with it before holder-free CTs are registered onto it. Built at the
+        # scanner's resolution: on the smoothed, coarsened grid a thin holder plate and its
+        # contact pads blur into one dense piece with the skull, which is then not recognised.
         mask, info = _build_artefact_mask(native, config["artefact"]["options"])
         if native is not image:
             mask = _carried_mask(mask, image, [])

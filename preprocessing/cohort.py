@@ -692,8 +692,9 @@ class _Subject:
 
     Attributes:
         registered: volumes on their output grid, before masking and normalisation (by modality).
-        holder_free: the CT as read with its own artefact mask applied (``native_masks``), which
-            ``per_subject`` mode registers in place of the CT as read.
+        native_masks: in ``per_subject`` mode, the CT's artefact mask on the grid it was read on.
+        holder_free: the CT as read with that mask applied, which ``per_subject`` mode registers in
+            place of the CT as read.
         forward: transform files from each raw volume to its output grid (empty: no registration).
         volumes, masks: the final volumes (windowed CT, normalised MR, pairs) and their masks, by
             dataset key; slices are cut from them.

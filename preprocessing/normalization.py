@@ -11,8 +11,9 @@ filling misses cavities open to the outside through the neck or the field-of-vie
 slices they are closed), then the largest connected component (noise specks and separate objects go).
 
 Libraries: Otsu's threshold and the ball structuring element come from scikit-image, connected
-components and 3D hole filling from SimpleITK (faster than ``scipy.ndimage`` on full volumes),
-slice-wise hole filling and closing from ``scipy.ndimage``.
+components from SimpleITK (faster than ``scipy.ndimage`` on full volumes), the closing from
+``scipy.ndimage``; holes are filled by one labelling of the background
+(:func:`preprocessing.morphology.fill_holes`), all inside the mask's bounding box.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import ball, disk
 
 from preprocessing.errors import PreprocessingError
+from preprocessing.morphology import bounding_box, fill_holes
 from preprocessing.windowing import rescale_intensity
 
 NdarrayOrTensor = Union[np.ndarray, torch.Tensor]
@@ -95,18 +97,26 @@ def clean_head_mask(mask: np.ndarray, closing_radius: int = 0, slice_fill_axis: 
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask
+    # Everything happens inside the mask's bounding box (the head is a fraction of the field of
+    # view); a one-voxel frame of background keeps what reaches the border the same.
+    box = bounding_box(mask, pad=1)
+    cropped = mask[box]
     if closing_radius > 0:
         structure = ball(closing_radius) if mask.ndim == 3 else disk(closing_radius)
+        # The closing needs room to dilate outside the box before it erodes back.
+        box = bounding_box(mask, pad=closing_radius + 1)
+        cropped = mask[box]
         # scipy's erosion treats outside the array as background, so near the border the closing
         # could remove voxels; a closing must only add, hence the union.
-        mask = mask | ndimage.binary_closing(mask, structure=structure)
-    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)), fullyConnected=False, foregroundValue=1)
+        cropped = cropped | ndimage.binary_closing(cropped, structure=structure)
+    filled = fill_holes(cropped)
     if slice_fill_axis is not None and mask.ndim == 3:
-        moved = np.moveaxis(sitk.GetArrayFromImage(filled).astype(bool), slice_fill_axis, 0)
-        slice_filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, slice_fill_axis)
-        filled = sitk.GetImageFromArray(slice_filled.astype(np.uint8))
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(filled), sortByObjectSize=True) == 1
-    return sitk.GetArrayFromImage(largest).astype(bool)
+        filled = fill_holes(filled, slice_axis=slice_fill_axis)
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(filled.view(np.uint8))),
+                                    sortByObjectSize=True) == 1
+    out = np.zeros_like(mask)
+    out[box] = sitk.GetArrayViewFromImage(largest).astype(bool)
+    return out
 
 
 def head_mask_mr(

@@ -24,6 +24,7 @@ from modality_translation.engines.cyclegan_trainer import (
     resolve_amp_dtype,
 )
 from modality_translation.engines.evaluator import UNIT_RANGE_SPAN, TranslationEvaluator, translation_metrics
+from modality_translation.engines.host_memory import retain_freed_host_memory
 from modality_translation.engines.image_grid import (
     DEFAULT_ROWS,
     TranslationGridHandler,
@@ -55,6 +56,7 @@ __all__ = [
     "linear_decay_scheduler",
     "losses_from_output",
     "resolve_amp_dtype",
+    "retain_freed_host_memory",
     "save_grid_png",
     "training_objects",
     "translation_grid",

@@ -47,6 +47,7 @@ from monai.engines.workflow import Workflow
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from modality_translation.engines.host_memory import retain_freed_host_memory
 from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss
 
@@ -220,6 +221,10 @@ class CycleGANTrainer(Trainer):
             each new batch shape or train/eval mode, waits for compilation (minutes on a 2-core
             CPU); later iterations are faster (docs/library.md, benchmarks). On CPU it needs a
             C++ compiler.
+        retain_host_memory: keep freed host memory in the process for the next iterations
+            (:func:`~modality_translation.engines.host_memory.retain_freed_host_memory`, glibc
+            only, process-wide); default (``None``): when training on CPU, where it saves the page
+            faults of every iteration's new activations.
         fuse_batches: pass pairs of images through a network as one batch; default (``None``):
             when no network has batch normalisation.
         source_key: batch key of the domain A images.
@@ -268,6 +273,7 @@ class CycleGANTrainer(Trainer):
         amp_dtype: str | torch.dtype | None = None,
         channels_last: bool = False,
         compile_networks: bool = False,
+        retain_host_memory: bool | None = None,
         fuse_batches: bool | None = None,
         source_key: str = "A",
         target_key: str = "B",
@@ -318,6 +324,8 @@ class CycleGANTrainer(Trainer):
                 net.to(memory_format=torch.channels_last)
         if compile_networks:
             compile_in_place(self.networks, device)
+        if retain_host_memory if retain_host_memory is not None else device.type == "cpu":
+            retain_freed_host_memory()
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self.adversarial_loss = adversarial_loss if adversarial_loss is not None else AdversarialLoss()

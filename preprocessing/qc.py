@@ -80,12 +80,12 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 6) -> np.ndarray:
 
 def _planes(image: sitk.Image, centre_zyx: Sequence[int]) -> dict[str, tuple[np.ndarray, tuple[float, float, float, float]]]:
     """Axial and sagittal planes through ``centre_zyx`` with their physical extents (mm)."""
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = sitk.GetArrayViewFromImage(image)  # a view: only the two planes are copied
     sx, sy, sz = image.GetSpacing()
     nz, ny, nx = array.shape
-    axial = array[centre_zyx[0]]
+    axial = array[centre_zyx[0]].astype(np.float32)
     # Sagittal: rows superior (up) to inferior, columns anterior to posterior.
-    sagittal = array[:, :, centre_zyx[2]][::-1]
+    sagittal = array[:, :, centre_zyx[2]][::-1].astype(np.float32)
     return {
         "axial": (axial, (0.0, nx * sx, ny * sy, 0.0)),
         "sagittal": (sagittal, (0.0, ny * sy, 0.0, nz * sz)),
@@ -144,12 +144,16 @@ def registration_montage(views: Sequence[RegistrationView], path: str | os.PathL
     if title:
         figure.suptitle(title, color="white", y=1.0 - 0.15 / figure.get_figheight(), va="top")
     axes = figure.subplots(max(1, len(rows)), len(columns), squeeze=False)
-    for row, (view, plane_name) in enumerate(rows):
+    # Whole-volume statistics (centre, grey range) once per view; its two rows share them.
+    planes: dict[int, tuple] = {}
+    for view in views:
         centre = _centre(view.reference)
-        reference, extent = _planes(view.reference, centre)[plane_name]
-        before = _planes(view.before, centre)[plane_name][0]
-        after = _planes(view.after, centre)[plane_name][0]
-        moving_range = display_range(sitk.GetArrayViewFromImage(view.after))
+        planes[id(view)] = (_planes(view.reference, centre), _planes(view.before, centre), _planes(view.after, centre),
+                            display_range(sitk.GetArrayViewFromImage(view.after)))
+    for row, (view, plane_name) in enumerate(rows):
+        reference_planes, before_planes, after_planes, moving_range = planes[id(view)]
+        reference, extent = reference_planes[plane_name]
+        before, after = before_planes[plane_name][0], after_planes[plane_name][0]
         levels = _contour_levels(reference)
         _grey(axes[row, 0], reference, extent)
         for column, moving in ((1, before), (2, after)):
@@ -184,9 +188,10 @@ def artefact_montage(
     Returns:
         ``path``.
     """
-    ct = sitk.GetArrayFromImage(ct_hu)
-    mask = sitk.GetArrayFromImage(keep_mask) > 0
-    masked = sitk.GetArrayFromImage(masked_hu)
+    # Views, not copies: on a 512x512 CT each volume is 150 MB and three slices are drawn.
+    ct = sitk.GetArrayViewFromImage(ct_hu)
+    mask = sitk.GetArrayViewFromImage(keep_mask) > 0
+    masked = sitk.GetArrayViewFromImage(masked_hu)
     occupied = np.flatnonzero(mask.any(axis=(1, 2)))
     if occupied.size == 0:
         occupied = np.arange(ct.shape[0])

@@ -355,7 +355,8 @@ def _read_job(job: dict) -> dict:
                 else:
                     image = read_nifti(path)
                     metadata[modality] = {"file": redact(path.name)}
-                image = sitk.Cast(image, sitk.sitkFloat32)
+                if image.GetPixelID() != sitk.sitkFloat32:
+                    image = sitk.Cast(image, sitk.sitkFloat32)
                 metadata[modality].update(size=list(image.GetSize()), spacing=[round(s, 6) for s in image.GetSpacing()])
                 _write_image_plain(image, cache / f"{modality}.nii")
                 result["seconds"][f"read.{modality}"] = time.perf_counter() - step

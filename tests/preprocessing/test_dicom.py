@@ -79,6 +79,18 @@ def test_hu_from_slope_intercept_and_padding(tmp_path):
     assert metadata["resampled"] is False and metadata["findings"] == []
 
 
+def test_hu_with_fractional_rescale_is_computed_in_double_precision(tmp_path):
+    # Integer rescales are computed in float32 (exact); a fractional slope or intercept is not
+    # exact in float32 and goes through float64 before the final cast.
+    stored = stored_volume()
+    write_ct_series(tmp_path, stored, slope=0.37, intercept=-1024.3, pixel_spacing=PIXEL_SPACING)
+
+    image, _ = read_dicom_series(find_series(tmp_path)[0])
+
+    expected = (stored.astype(np.float64) * 0.37 - 1024.3).astype(np.float32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), expected)
+
+
 def test_air_value_and_int16_output(tmp_path):
     stored = stored_volume()
     stored[:, fov_mask()] = -2000

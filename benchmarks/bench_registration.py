@@ -126,6 +126,7 @@ def time_other_steps(pair_dir: Path) -> dict:
     import importlib.util
 
     from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
+    from preprocessing.normalization import head_mask_mr
     from preprocessing.registration import (RegistrationConfig, ants_to_sitk, apply_transforms,
                                             normalized_cross_correlation, register, save_transforms,
                                             sitk_to_ants)
@@ -146,6 +147,8 @@ def time_other_steps(pair_dir: Path) -> dict:
         steps = {
             "build_artefact_mask": lambda: build_artefact_mask(ct),
             "apply_artefact_mask": lambda: apply_artefact_mask(ct, mask),
+            "head_mask_mr_otsu": lambda: head_mask_mr(sitk.GetArrayViewFromImage(fixed)),
+            "head_mask_mr_noise": lambda: head_mask_mr(sitk.GetArrayViewFromImage(fixed), method="noise"),
             "sitk_to_ants_and_back": lambda: ants_to_sitk(sitk_to_ants(moving)),
             "normalized_cross_correlation": lambda: normalized_cross_correlation(
                 sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving)),

@@ -98,14 +98,12 @@ def clean_head_mask(mask: np.ndarray, closing_radius: int = 0, slice_fill_axis: 
     if not mask.any():
         return mask
     # Everything happens inside the mask's bounding box (the head is a fraction of the field of
-    # view); a one-voxel frame of background keeps what reaches the border the same.
-    box = bounding_box(mask, pad=1)
+    # view); a frame of background one voxel wider than the closing radius keeps what reaches the
+    # border the same and leaves the closing room to dilate before it erodes back.
+    box = bounding_box(mask, pad=closing_radius + 1)
     cropped = mask[box]
     if closing_radius > 0:
         structure = ball(closing_radius) if mask.ndim == 3 else disk(closing_radius)
-        # The closing needs room to dilate outside the box before it erodes back.
-        box = bounding_box(mask, pad=closing_radius + 1)
-        cropped = mask[box]
         # scipy's erosion treats outside the array as background, so near the border the closing
         # could remove voxels; a closing must only add, hence the union.
         cropped = cropped | ndimage.binary_closing(cropped, structure=structure)

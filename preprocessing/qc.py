@@ -138,35 +138,36 @@ def registration_montage(views: Sequence[RegistrationView], path: str | os.PathL
         ``path``.
     """
     columns = ("reference", "before (scanner position)", "after registration", "checkerboard after")
-    rows = [(view, plane) for view in views for plane in ("axial", "sagittal")]
-    figure = Figure(figsize=(len(columns) * _PANEL_INCHES, max(1, len(rows)) * _PANEL_INCHES + 0.8))
+    planes = ("axial", "sagittal")
+    n_rows = len(views) * len(planes)
+    figure = Figure(figsize=(len(columns) * _PANEL_INCHES, max(1, n_rows) * _PANEL_INCHES + 0.8))
     figure.patch.set_facecolor("black")
     if title:
         figure.suptitle(title, color="white", y=1.0 - 0.15 / figure.get_figheight(), va="top")
-    axes = figure.subplots(max(1, len(rows)), len(columns), squeeze=False)
-    # Whole-volume statistics (centre, grey range) once per view; its two rows share them.
-    planes: dict[int, tuple] = {}
-    for view in views:
+    axes = figure.subplots(max(1, n_rows), len(columns), squeeze=False)
+    for index, view in enumerate(views):
+        # Whole-volume statistics (centre, grey range) once per view; its two rows share them.
         centre = _centre(view.reference)
-        planes[id(view)] = (_planes(view.reference, centre), _planes(view.before, centre), _planes(view.after, centre),
-                            display_range(sitk.GetArrayViewFromImage(view.after)))
-    for row, (view, plane_name) in enumerate(rows):
-        reference_planes, before_planes, after_planes, moving_range = planes[id(view)]
-        reference, extent = reference_planes[plane_name]
-        before, after = before_planes[plane_name][0], after_planes[plane_name][0]
-        levels = _contour_levels(reference)
-        _grey(axes[row, 0], reference, extent)
-        for column, moving in ((1, before), (2, after)):
-            _grey(axes[row, column], moving, extent, moving_range)
-            # Contours of the reference on the moving image: they follow its edges only when aligned.
-            axes[row, column].contour(reference, levels=levels, colors=["#ff3030", "#30c0ff"], linewidths=0.8,
-                                      extent=extent, origin="upper")
-        axes[row, 3].imshow(checkerboard(reference, after), cmap="gray", vmin=0, vmax=1, extent=extent,
-                            interpolation="nearest")
-        axes[row, 3].set_axis_off()
-        axes[row, 0].set_title(f"{view.name} {plane_name}: {columns[0]}", color="white", fontsize=8)
-        for column in (1, 2, 3):
-            axes[row, column].set_title(columns[column], color="white", fontsize=8)
+        reference_planes, before_planes, after_planes = (_planes(image, centre) for image in
+                                                         (view.reference, view.before, view.after))
+        moving_range = display_range(sitk.GetArrayViewFromImage(view.after))
+        for offset, plane_name in enumerate(planes):
+            row = index * len(planes) + offset
+            reference, extent = reference_planes[plane_name]
+            before, after = before_planes[plane_name][0], after_planes[plane_name][0]
+            levels = _contour_levels(reference)
+            _grey(axes[row, 0], reference, extent)
+            for column, moving in ((1, before), (2, after)):
+                _grey(axes[row, column], moving, extent, moving_range)
+                # Contours of the reference on the moving image: they follow its edges only when aligned.
+                axes[row, column].contour(reference, levels=levels, colors=["#ff3030", "#30c0ff"], linewidths=0.8,
+                                          extent=extent, origin="upper")
+            axes[row, 3].imshow(checkerboard(reference, after), cmap="gray", vmin=0, vmax=1, extent=extent,
+                                interpolation="nearest")
+            axes[row, 3].set_axis_off()
+            axes[row, 0].set_title(f"{view.name} {plane_name}: {columns[0]}", color="white", fontsize=8)
+            for column in (1, 2, 3):
+                axes[row, column].set_title(columns[column], color="white", fontsize=8)
     return _save(figure, path)
 
 

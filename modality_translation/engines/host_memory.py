@@ -1,10 +1,9 @@
 """Keep freed host memory in the process for reuse, so that training on CPU does not page-fault.
 
-glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) with a fresh
-``mmap`` and hands it back to the kernel on ``free``. A CycleGAN iteration at 256x256 allocates and
-frees hundreds of activation and gradient tensors of several to tens of MiB, so each iteration
-touches new pages, and the kernel zeroes every page on its first touch: about 190 000 minor page
-faults per bf16 ResNet-9 iteration. Serving large blocks from the heap and never trimming it lets
+glibc's ``malloc`` serves every block above its mmap threshold (128 KiB, rising to at most
+32 MiB) with a fresh ``mmap`` and hands it back to the kernel on ``free``. A CycleGAN iteration at
+256x256 allocates and frees hundreds of activation and gradient tensors of several to tens of MiB,
+so each iteration touches new pages, and the kernel zeroes every page on its first touch. Serving large blocks from the heap and never trimming it lets
 the next iteration reuse the same pages (almost no faults, the same peak memory; docs/library.md
 has the measured effect on training time). PyTorch's CPU performance guide reaches the same end
 by preloading jemalloc or tcmalloc; neither comes with a plain Python installation, whereas

@@ -14,10 +14,63 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 
+class _ImageView(np.ndarray):
+    """A read-only array over a SimpleITK image's buffer that keeps the image alive."""
+
+
 def labels(mask: np.ndarray, fully_connected: bool) -> np.ndarray:
-    """Connected-component labels of ``mask`` (0 = background), face or full connectivity."""
+    """Connected-component labels of ``mask`` (0 = background), face or full connectivity.
+
+    The labels are returned as a read-only view of SimpleITK's output: copying a 10^7-voxel
+    uint32 label map takes longer than labelling it.
+    """
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8))
-    return sitk.GetArrayFromImage(sitk.ConnectedComponent(image, fully_connected))
+    label_image = sitk.ConnectedComponent(image, fully_connected)
+    view = sitk.GetArrayViewFromImage(label_image).view(_ImageView)
+    view.image = label_image
+    return view
+
+
+def _shifted(mask: np.ndarray, fully_connected: bool, erode: bool) -> np.ndarray:
+    """One erosion (or dilation) of ``mask`` by the 6-connected cross or the 3x3x3 box.
+
+    Shifted slices, not ``scipy.ndimage.binary_erosion``: several times faster on 10^7 voxels.
+    Beyond the array there is neither background nor foreground: the border neither erodes nor
+    dilates, as with a distance map computed inside the array.
+    """
+    combine = np.logical_and if erode else np.logical_or
+    out = mask.copy()
+    source = mask
+    for axis in range(mask.ndim):
+        lower = [slice(None)] * mask.ndim
+        upper = [slice(None)] * mask.ndim
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        combine(out[tuple(lower)], source[tuple(upper)], out=out[tuple(lower)])
+        combine(out[tuple(upper)], source[tuple(lower)], out=out[tuple(upper)])
+        if fully_connected and axis < mask.ndim - 1:
+            # The box is separable: shift the running result along the next axis.
+            source = out.copy()
+    return out
+
+
+def erode(mask: np.ndarray, iterations: int = 1, fully_connected: bool = False) -> np.ndarray:
+    """``iterations`` erosions by the cross (or the box when ``fully_connected``).
+
+    The voxels kept are those whose city-block (chessboard) distance to the background, within
+    the array, exceeds ``iterations``: ``distance_transform_cdt(mask) > iterations``.
+    """
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        out = _shifted(out, fully_connected, erode=True)
+    return out
+
+
+def dilate(mask: np.ndarray, iterations: int = 1, fully_connected: bool = False) -> np.ndarray:
+    """``iterations`` dilations by the cross (or the box): ``distance_transform_cdt(~mask) <= iterations``."""
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        out = _shifted(out, fully_connected, erode=False)
+    return out
 
 
 def touching(mask: np.ndarray) -> np.ndarray:
@@ -38,11 +91,16 @@ def touching(mask: np.ndarray) -> np.ndarray:
 
 def reaching_edge(label_map: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Voxels whose (non-zero) label is present on a face of the array across one of ``axes``."""
-    faces = np.concatenate([np.take(label_map, [0, -1], axis=axis).ravel() for axis in axes])
+    faces = np.unique(np.concatenate([np.take(label_map, [0, -1], axis=axis).ravel() for axis in axes]))
+    faces = faces[faces != 0]
+    if len(faces) <= 4:  # the usual case (the air around a head): a few comparisons
+        out = np.zeros(label_map.shape, dtype=bool)
+        for label in faces:
+            out |= label_map == label
+        return out
     # A lookup table indexed by label: one pass over the volume, faster than np.isin.
     reaches = np.zeros(int(label_map.max()) + 1, dtype=bool)
     reaches[faces] = True
-    reaches[0] = False
     return reaches[label_map]
 
 

@@ -24,7 +24,7 @@ from modality_translation.engines.cyclegan_trainer import (
     resolve_amp_dtype,
 )
 from modality_translation.engines.evaluator import UNIT_RANGE_SPAN, TranslationEvaluator, translation_metrics
-from modality_translation.engines.host_memory import retain_freed_host_memory
+from modality_translation.host_memory import retain_freed_host_memory
 from modality_translation.engines.image_grid import (
     DEFAULT_ROWS,
     TranslationGridHandler,

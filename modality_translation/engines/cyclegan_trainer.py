@@ -47,7 +47,7 @@ from monai.engines.workflow import Workflow
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modality_translation.engines.host_memory import retain_freed_host_memory
+from modality_translation.host_memory import retain_freed_host_memory
 from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss
 
@@ -222,7 +222,7 @@ class CycleGANTrainer(Trainer):
             CPU); later iterations are faster (docs/library.md, benchmarks). On CPU it needs a
             C++ compiler.
         retain_host_memory: keep freed host memory in the process for the next iterations
-            (:func:`~modality_translation.engines.host_memory.retain_freed_host_memory`, glibc
+            (:func:`~modality_translation.host_memory.retain_freed_host_memory`, glibc
             only, process-wide); default (``None``): when training on CPU, where it saves the page
             faults of every iteration's new activations.
         fuse_batches: pass pairs of images through a network as one batch; default (``None``):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from preprocessing.morphology import bounding_box, fill_holes, labels, reaching_edge, touching
+from preprocessing.morphology import bounding_box, dilate, erode, fill_holes, labels, reaching_edge, touching
 
 
 def _random_masks(shape, count=6):
@@ -56,3 +56,27 @@ def test_touching_reaching_edge_and_bounding_box():
     assert reach[0, 0] and not reach[4, 4] and reach.sum() == 4
     assert bounding_box(mask, pad=1) == (slice(1, 4), slice(2, 5), slice(3, 6))
     assert bounding_box(mask, pad=9) == (slice(0, 5), slice(0, 6), slice(0, 7))
+
+
+@pytest.mark.parametrize("fully_connected, metric", [(False, "taxicab"), (True, "chessboard")])
+def test_erode_and_dilate_match_distance_maps(fully_connected, metric):
+    """n erosions keep what lies deeper than n, n dilations reach n; the array's border neither erodes nor dilates."""
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        mask = ndimage.binary_opening(rng.random((19, 23, 17)) > 0.3)
+        mask[:, :, 0] = True  # touching the border
+        depth = ndimage.distance_transform_cdt(mask, metric=metric)
+        reach = ndimage.distance_transform_cdt(~mask, metric=metric)
+        for n in range(4):
+            np.testing.assert_array_equal(erode(mask, n, fully_connected), depth > n)
+            np.testing.assert_array_equal(dilate(mask, n, fully_connected), reach <= n)
+
+
+def test_labels_are_a_read_only_view_that_outlives_its_image():
+    mask = np.zeros((4, 5, 6), bool)
+    mask[0, 0, :2] = mask[3, 4, 4:] = True
+    label_map = labels(mask, fully_connected=False)
+    copy = np.array(label_map[..., ::-1])  # derived arrays stay valid
+    del mask
+    assert sorted(np.unique(label_map).tolist()) == [0, 1, 2] and not label_map.flags.writeable
+    assert copy[0, 0, -1] == label_map[0, 0, 0] != 0

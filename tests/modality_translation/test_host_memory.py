@@ -14,25 +14,25 @@ import torch
 from modality_translation.engines import CycleGANTrainer, adam_optimizer
 import modality_translation.engines.cyclegan_trainer as cyclegan_trainer
 
-# Allocates and frees a 64 MiB tensor eight times and counts the minor page faults of the last
-# seven rounds, before and after retain_freed_host_memory(), in a fresh process (the setting is
+# Allocates and frees a 64 MiB tensor again and again and counts the minor page faults of each
+# round, before and after retain_freed_host_memory(), in a fresh process (the setting is
 # process-wide and permanent).
 _SCRIPT = textwrap.dedent("""
     import json, resource, torch
-    from modality_translation.engines.host_memory import retain_freed_host_memory
+    from modality_translation.host_memory import retain_freed_host_memory
 
-    def faults_of_reallocation():
+    def faults_per_reallocation(rounds):
         counts = []
-        for _ in range(8):
+        for _ in range(rounds):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             block = torch.ones(16 * 2**20)  # 64 MiB, written once: every page is touched
             del block
             counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        return sum(counts[1:])
+        return counts[1:]
 
-    default = faults_of_reallocation()
+    default = faults_per_reallocation(8)
     configured = retain_freed_host_memory()
-    retained = faults_of_reallocation()
+    retained = faults_per_reallocation(17)
     print(json.dumps({"default": default, "configured": configured, "retained": retained}))
 """)
 
@@ -48,10 +48,11 @@ def test_freed_blocks_are_reused_without_page_faults():
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts["configured"] is True
     # 64 MiB is 16384 pages of 4 KiB: glibc maps and zeroes them again for every new block.
-    assert counts["default"] > 7 * 16384 * 0.9
-    # Retained, the same pages serve the next block; a small allocation landing where the block
-    # was can make the heap grow once more, hence room for two of the seven rounds.
-    assert counts["retained"] < 2.5 * 16384
+    assert sum(counts["default"]) > 7 * 16384 * 0.9
+    # Retained, the heap grows for the first few blocks (how many depends on where the small
+    # allocations around them land: up to seven rounds measured), then the same pages serve every
+    # block; room for one more growth in the last eight rounds.
+    assert sum(counts["retained"][-8:]) < 1.5 * 16384, counts["retained"]
 
 
 def _trainer(monkeypatch, device: str, **options) -> list[bool]:

@@ -381,9 +381,14 @@ def to_canonical(image: sitk.Image, default_value: float = 0.0) -> tuple[sitk.Im
         default_value: value of output voxels outside the input.
 
     Returns:
-        ``(canonical image, resampled)``; ``resampled`` says whether interpolation happened.
+        ``(canonical image, resampled)``; ``resampled`` says whether interpolation happened. An
+        image whose direction is already the identity (to rounding) is returned itself, its
+        direction set to the exact identity.
     """
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if np.allclose(direction, np.eye(3), atol=_DIRECTION_TOLERANCE):  # already canonical: no copy
+        image.SetDirection(np.eye(3).ravel().tolist())
+        return image, False
     if np.allclose(direction.T @ direction, np.eye(3), atol=_DIRECTION_TOLERANCE):
         image = sitk.DICOMOrient(image, "LPS")
         direction = np.asarray(image.GetDirection()).reshape(3, 3)

@@ -31,7 +31,6 @@ from scipy import ndimage
 from preprocessing.morphology import bounding_box
 
 BLOCK = 4  # output voxels per block side: 4^3 = 64 voxels per block
-TILE = 2  # mask voxels per tile side, for the "all ones / all zeros" tests
 
 
 @dataclass(frozen=True)
@@ -202,13 +201,16 @@ def _displacement_bounds(grid: _Grid, chain: _Chain, starts: list[np.ndarray], e
     return low_field, high_field
 
 
-def _tile_table(mask: np.ndarray, box: tuple[slice, ...], value: bool) -> np.ndarray:
-    """Summed-area table over ``TILE``-sided tiles of ``mask[box]``: tiles uniformly ``value``."""
+def _tile_table(mask: np.ndarray, box: tuple[slice, ...], value: bool, halvings: Sequence[int]) -> np.ndarray:
+    """Summed-area table over tiles of ``mask[box]`` marking the tiles uniformly ``value``.
+
+    A tile spans ``2 ** halvings[axis]`` voxels along each array axis (z, y, x).
+    """
     tiles = mask[box] if value else ~mask[box]
     for axis in range(3):
-        # Halving along one axis at a time (TILE is a power of two): a few passes over
-        # shrinking arrays, far cheaper than one reduction over a 6-D tiled view.
-        for _ in range(int(np.log2(TILE))):
+        # Halving along one axis at a time: a few passes over shrinking arrays, far cheaper than
+        # one reduction over a 6-D tiled view.
+        for _ in range(halvings[axis]):
             if tiles.shape[axis] % 2:  # the padding beyond the box is not uniformly ``value``
                 pad = [(0, 0)] * 3
                 pad[axis] = (0, 1)
@@ -234,13 +236,18 @@ def _all_tiles(table: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarr
 class _MaskTiles:
     """Answers "is the mask all zeros / all ones over this index box" for many boxes at once."""
 
-    def __init__(self, mask: np.ndarray, mask_grid: _Grid):
+    def __init__(self, mask: np.ndarray, mask_grid: _Grid, grid: _Grid):
         box = bounding_box(mask, pad=0)
         self.sizes = mask_grid.size
         self.low = np.array([box[2].start, box[1].start, box[0].start])  # x, y, z
         self.high = np.array([box[2].stop, box[1].stop, box[0].stop]) - 1
-        self.zeros = _tile_table(mask, box, False)
-        self.ones = _tile_table(mask, box, True)
+        # Tiles about one output voxel wide: finer ones cost more to tabulate than they save in
+        # voxels evaluated one by one, coarser ones widen the band evaluated (measured).
+        ratio = np.maximum(grid.spacing @ np.abs(grid.direction.T @ mask_grid.direction) / mask_grid.spacing, 1.0)
+        halvings = np.floor(np.log2(ratio)).astype(int)  # x, y, z
+        self.tile = 2 ** halvings
+        self.zeros = _tile_table(mask, box, False, halvings[::-1])
+        self.ones = _tile_table(mask, box, True, halvings[::-1])
 
     def classify(self, low_k: np.ndarray, high_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(zeros, ones)`` for boxes of continuous mask indices ``(N, 3)`` (x, y, z)."""
@@ -252,8 +259,8 @@ class _MaskTiles:
         last = np.clip(np.floor(high_k) + 1, 0, sizes - 1).astype(np.int64)
         overlaps = np.all((last >= self.low) & (first <= self.high), axis=1)
         within = np.all((first >= self.low) & (last <= self.high), axis=1)
-        tile_first = ((np.clip(first, self.low, self.high) - self.low) // TILE)[:, ::-1]
-        tile_last = ((np.clip(last, self.low, self.high) - self.low) // TILE)[:, ::-1]
+        tile_first = ((np.clip(first, self.low, self.high) - self.low) // self.tile)[:, ::-1]
+        tile_last = ((np.clip(last, self.low, self.high) - self.low) // self.tile)[:, ::-1]
         zeros = ~overlaps | wholly_outside
         check = ~zeros
         zeros[check] = _all_tiles(self.zeros, tile_first[check], tile_last[check])
@@ -301,7 +308,7 @@ def carry_mask_array(mask: np.ndarray, mask_grid_image: sitk.Image, grid_image: 
     out = np.zeros(out_shape, dtype=bool)
     if not mask.any():
         return out
-    tiles = _MaskTiles(mask, mask_grid)
+    tiles = _MaskTiles(mask, mask_grid, grid)
     starts, ends = zip(*(_block_ranges(int(n)) for n in grid.size))
     counts = [len(s) for s in starts]  # x, y, z
     bz, by, bx = np.meshgrid(*(np.arange(counts[a]) for a in (2, 1, 0)), indexing="ij")

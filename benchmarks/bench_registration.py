@@ -135,10 +135,12 @@ def time_other_steps(pair_dir: Path) -> dict:
     from preprocessing import cohort
     from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
     from preprocessing.mask_warp import carry_mask_array
-    from preprocessing.normalization import head_mask_mr
+    from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize
     from preprocessing.registration import (RegistrationConfig, ants_to_sitk, apply_transforms,
                                             normalized_cross_correlation, register, save_transforms,
                                             sitk_to_ants)
+    from preprocessing.slices import extract_slices, save_slices
+    from preprocessing.windowing import hu_to_window, hu_to_windows
 
     retain_freed_host_memory()
     # The CT phantom of the artefact-mask tests, at full size: one definition of the phantom.
@@ -171,6 +173,10 @@ def time_other_steps(pair_dir: Path) -> dict:
             fraction = apply_transforms(sitk.Cast(mask_image, sitk.sitkFloat32), fixed, syn.forward_transforms)
             sitk.Cast(fraction >= 0.5, sitk.sitkUInt8)
 
+        mr = sitk.GetArrayFromImage(fixed)
+        mr_mask = head_mask_mr(mr)
+        axial = extract_slices(fixed, "axial", intensity_range=(float(mr.min()), float(mr.max())))
+
         steps = {
             "build_artefact_mask": lambda: build_artefact_mask(ct),
             "apply_artefact_mask": lambda: apply_artefact_mask(ct, mask),
@@ -183,6 +189,14 @@ def time_other_steps(pair_dir: Path) -> dict:
             "normalized_cross_correlation": lambda: normalized_cross_correlation(
                 sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving)),
             "apply_transforms_affine": lambda: apply_transforms(moving, fixed, saved.forward_transforms),
+            "head_mask_ct": lambda: head_mask_ct(ct),
+            "zscore_normalize": lambda: zscore_normalize(mr, mr_mask),
+            "percentile_normalize": lambda: percentile_normalize(mr, mr_mask),
+            "hu_to_window_brain": lambda: hu_to_window(ct, "brain"),
+            "hu_to_windows_3_stack": lambda: hu_to_windows(ct, ("brain", "subdural", "bone")),
+            "extract_slices_axial_all": lambda: extract_slices(fixed, "axial", intensity_range=(float(mr.min()), float(mr.max()))),
+            "extract_slices_sagittal_2_5d": lambda: extract_slices(fixed, "sagittal", neighbours=1),
+            "save_slices_axial_all": lambda: save_slices(*axial, Path(folder) / "slices", "bench"),
         }
         timings = {}
         for name, step in steps.items():

@@ -1,21 +1,22 @@
 """Carrying a binary mask through ANTs transforms, evaluated voxel by voxel only near its edge.
 
-``carry_mask(mask, grid, transform_files)`` gives the voxels of ``grid`` where the mask, carried
-through the transforms with linear interpolation, is at least one half: what
+``carry_mask_array(mask, mask_grid, grid, transform_files)`` gives the voxels of ``grid`` where the
+mask, carried through the transforms with linear interpolation, is at least one half: what
 ``antsApplyTransforms`` with linear interpolation and a 0.5 threshold gives, with the same
 transform chain and ITK's interpolation rules (a point outside a buffer's half-voxel border takes
-the default value, neighbours are clamped inside it). Two binary masks per step are resampled this way in the
-cohort runner, and ANTs (like any ITK or SimpleITK resampler) evaluates the whole transform chain
-at every output voxel: about 2 s for a 256x256x144 grid on one core. A binary mask is constant
-away from its edge, which no resampler exploits, hence this module: the output grid is cut into
-blocks; interval arithmetic through the displacement field's extremes around each block and the
-linear transforms bounds where the block's voxels land in the mask; a block landing wholly on
-ones or wholly on zeros is filled at once, and only blocks straddling the mask's edge are
-evaluated voxel by voxel.
+the default value, neighbours are clamped inside it). The cohort runner carries each CT's
+artefact mask onto its registered grid this way. ANTs (like any ITK or SimpleITK resampler)
+evaluates the whole transform chain at every output voxel: 1.5 s for a 256x256x150 grid on one
+core. A binary mask is constant away from its edge, which no resampler exploits, hence this
+module: the output grid is cut into blocks; interval arithmetic through the displacement field's
+extremes around each block and the linear transforms bounds where the block's voxels land in the
+mask; a block landing wholly on ones or wholly on zeros is filled at once, the others are halved
+once and bounded again, and only the blocks still straddling the mask's edge are evaluated voxel
+by voxel.
 
 Chains handled here: what a registration writes, an optional displacement field (SyN's
 ``Warp``) on a grid with the output grid's axes, then linear transforms (``.mat``), none of them
-inverted. Other chains (inverted transforms, a field after a linear transform) go through ANTs.
+inverted. Other chains (inverted transforms, a field after a linear transform) are left to ANTs.
 """
 
 from __future__ import annotations
@@ -119,13 +120,15 @@ def _interpolate(array: np.ndarray, index: np.ndarray) -> np.ndarray:
     rows = {(z, y): (lz * sizes[1] + ly) * sizes[0]
             for z, lz in ((0, lower[2]), (1, upper[2])) for y, ly in ((0, lower[1]), (1, upper[1]))}
 
+    def values(index: np.ndarray) -> np.ndarray:
+        picked = flat[index]
+        return picked[:, 0].astype(np.float64) if flat.shape[1] == 1 else picked
+
     def lerp(first: np.ndarray, second: np.ndarray, axis: int) -> np.ndarray:
         w = weight[:, axis] if first.ndim == 1 else weight[:, axis, None]
         return first + (second - first) * w
 
-    along_x = {key: lerp(flat[row + lower[0]].astype(np.float64).squeeze(-1) if flat.shape[1] == 1 else flat[row + lower[0]],
-                         flat[row + upper[0]].astype(np.float64).squeeze(-1) if flat.shape[1] == 1 else flat[row + upper[0]], 0)
-               for key, row in rows.items()}
+    along_x = {key: lerp(values(row + lower[0]), values(row + upper[0]), 0) for key, row in rows.items()}
     along_y = [lerp(along_x[(z, 0)], along_x[(z, 1)], 1) for z in (0, 1)]
     return lerp(along_y[0], along_y[1], 2)
 

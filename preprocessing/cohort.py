@@ -315,8 +315,8 @@ def _init_worker(seed: int, threads: int) -> None:
 
     Each worker also keeps the memory it frees for its next allocations: a subject's steps
     allocate and free arrays of tens to hundreds of MiB, which glibc otherwise maps afresh (and
-    the kernel zeroes page by page) every time; the CT artefact mask, for one, takes about 30 %
-    less time. A worker then holds its peak memory until the run ends.
+    the kernel zeroes page by page) every time. A worker then holds its peak memory until the run
+    ends.
     """
     from modality_translation.host_memory import retain_freed_host_memory
 

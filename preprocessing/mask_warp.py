@@ -312,12 +312,11 @@ def carry_mask_array(mask: np.ndarray, mask_grid_image: sitk.Image, grid_image: 
     if not mask.any():
         return out
     tiles = _MaskTiles(mask, mask_grid, grid)
-    starts, ends = zip(*(_block_ranges(int(n)) for n in grid.size))
-    counts = [len(s) for s in starts]  # x, y, z
-    bz, by, bx = np.meshgrid(*(np.arange(counts[a]) for a in (2, 1, 0)), indexing="ij")
-    block = np.stack([bx.ravel(), by.ravel(), bz.ravel()], -1)  # x, y, z block coordinates
-    first = block * BLOCK
-    last = np.minimum(first + BLOCK - 1, grid.size - 1)
+    starts, ends = zip(*(_block_ranges(int(n)) for n in grid.size))  # x, y, z
+    counts = [len(s) for s in starts]
+    # Every block's first and last voxel (x, y, z), blocks in (z, y, x) order.
+    first, last = (np.stack([m.ravel() for m in np.meshgrid(*ranges[::-1], indexing="ij")][::-1], -1)
+                   for ranges in (starts, ends))
     low_shift = high_shift = None
     if chain.field is not None:
         low_shift, high_shift = (b.reshape(-1, 3) for b in _displacement_bounds(grid, chain, list(starts), list(ends)))
@@ -328,8 +327,7 @@ def carry_mask_array(mask: np.ndarray, mask_grid_image: sitk.Image, grid_image: 
     # bounds) before evaluating voxel by voxel what is still undecided.
     mixed = ~(zeros | ones)
     half = BLOCK // 2
-    child = np.stack(np.meshgrid(*(np.arange(2),) * 3, indexing="ij"), -1).reshape(-1, 3)
-    first = (first[mixed][:, None, :] + child[None] * half).reshape(-1, 3)
+    first = (first[mixed][:, None, :] + _cube(2)[None] * half).reshape(-1, 3)
     keep = np.all(first < grid.size, axis=1)
     first = first[keep]
     last = np.minimum(first + half - 1, grid.size - 1)
@@ -337,21 +335,21 @@ def carry_mask_array(mask: np.ndarray, mask_grid_image: sitk.Image, grid_image: 
         low_shift = np.repeat(low_shift[mixed], 8, axis=0)[keep]
         high_shift = np.repeat(high_shift[mixed], 8, axis=0)[keep]
     zeros, ones = tiles.classify(*_landing_boxes(grid, chain, mask_grid, first, last, low_shift, high_shift))
-    _fill(out, first[ones], last[ones])
+    voxels = _block_voxels(first[ones], last[ones], half)
+    out[voxels[:, 2], voxels[:, 1], voxels[:, 0]] = True
     mixed = ~(zeros | ones)
     if mixed.any():
-        offsets = np.stack(np.meshgrid(*(np.arange(half),) * 3, indexing="ij"), -1).reshape(-1, 3)
-        voxels = (first[mixed][:, None, :] + offsets[None]).reshape(-1, 3)
-        voxels = voxels[np.all(voxels < grid.size, axis=1)]
+        voxels = _block_voxels(first[mixed], last[mixed], half)
         out[voxels[:, 2], voxels[:, 1], voxels[:, 0]] = _evaluate(voxels, grid, chain, mask, mask_grid)
     return out
 
 
-def _fill(out: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
-    """Set the index blocks ``[first, last]`` (x, y, z; all of one size but at the grid's end) to True."""
-    if not len(first):
-        return
-    size = int(np.max(last - first)) + 1  # blocks cut by the grid's end repeat their last voxel
-    offsets = np.stack(np.meshgrid(*(np.arange(size),) * 3, indexing="ij"), -1).reshape(-1, 3)
-    voxels = np.minimum(first[:, None, :] + offsets[None], last[:, None, :]).reshape(-1, 3)
-    out[voxels[:, 2], voxels[:, 1], voxels[:, 0]] = True
+def _cube(side: int) -> np.ndarray:
+    """The ``side ** 3`` index offsets of a cube, ``(side ** 3, 3)``."""
+    return np.stack(np.meshgrid(*(np.arange(side),) * 3, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _block_voxels(first: np.ndarray, last: np.ndarray, side: int) -> np.ndarray:
+    """Voxel indices ``(M, 3)`` of the blocks ``[first, last]`` of at most ``side`` voxels a side (cut at the grid's end)."""
+    voxels = first[:, None, :] + _cube(side)[None]
+    return voxels[np.all(voxels <= last[:, None, :], axis=2)]

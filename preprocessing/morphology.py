@@ -31,6 +31,14 @@ def labels(mask: np.ndarray, fully_connected: bool) -> np.ndarray:
     return view
 
 
+def _neighbour_slices(ndim: int, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index tuples of the array without its last / first plane across ``axis``: face neighbours pair up."""
+    lower = [slice(None)] * ndim
+    upper = [slice(None)] * ndim
+    lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+    return tuple(lower), tuple(upper)
+
+
 def _shifted(mask: np.ndarray, fully_connected: bool, erode: bool) -> np.ndarray:
     """One erosion (or dilation) of ``mask`` by the 6-connected cross or the 3x3x3 box.
 
@@ -42,11 +50,9 @@ def _shifted(mask: np.ndarray, fully_connected: bool, erode: bool) -> np.ndarray
     out = mask.copy()
     source = mask
     for axis in range(mask.ndim):
-        lower = [slice(None)] * mask.ndim
-        upper = [slice(None)] * mask.ndim
-        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
-        combine(out[tuple(lower)], source[tuple(upper)], out=out[tuple(lower)])
-        combine(out[tuple(upper)], source[tuple(lower)], out=out[tuple(upper)])
+        lower, upper = _neighbour_slices(mask.ndim, axis)
+        combine(out[lower], source[upper], out=out[lower])
+        combine(out[upper], source[lower], out=out[upper])
         if fully_connected and axis < mask.ndim - 1:
             # The box is separable: shift the running result along the next axis.
             source = out.copy()
@@ -81,11 +87,9 @@ def touching(mask: np.ndarray) -> np.ndarray:
     """
     out = np.zeros_like(mask)
     for axis in range(mask.ndim):
-        lower = [slice(None)] * mask.ndim
-        upper = [slice(None)] * mask.ndim
-        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
-        out[tuple(lower)] |= mask[tuple(upper)]
-        out[tuple(upper)] |= mask[tuple(lower)]
+        lower, upper = _neighbour_slices(mask.ndim, axis)
+        out[lower] |= mask[upper]
+        out[upper] |= mask[lower]
     return out
 
 

@@ -61,7 +61,7 @@ def writable_folder(path: str | os.PathLike) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m preprocessing`` argument parser."""
-    from preprocessing.demo import SIZES
+    from preprocessing.demo import ANATOMIES, SIZES
 
     parser = _OneLineErrorParser(prog="preprocessing", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrorParser)
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="small: about 64 voxels a side, for tests; full: about 1 mm (default)")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same bytes (default: 0)")
     demo.add_argument("--workers", type=_count, default=None, help="parallel processes (default: one per core)")
+    demo.add_argument("--anatomy", choices=ANATOMIES, default="mni152",
+                      help="mni152: the brain of the MNI152 template shipped with nilearn, deformed per subject "
+                      "(default); procedural: a phantom that needs no template")
 
     run = commands.add_parser(
         "run",
@@ -106,14 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from preprocessing.demo import build_demo_cohort
+        from preprocessing.demo import build_demo_cohort, check_anatomy
+        from preprocessing.demo.template import TemplateMissingError
 
         try:
+            check_anatomy(args.anatomy)
             output = writable_folder(args.output)
-        except argparse.ArgumentTypeError as error:
+        except (argparse.ArgumentTypeError, TemplateMissingError) as error:
             parser.exit(USAGE_ERROR, f"preprocessing demo: error: {error}\n")
-        build_demo_cohort(output, args.subjects, args.size, args.seed, args.workers, progress=True)
-        print(f"demo cohort written to {output} ({args.subjects} subjects, {args.size}); preview: {output / 'preview.png'}")
+        build_demo_cohort(output, args.subjects, args.size, args.seed, args.workers, progress=True,
+                          anatomy_name=args.anatomy)
+        print(f"demo cohort written to {output} ({args.subjects} subjects, {args.size}, {args.anatomy} anatomy); "
+              f"preview: {output / 'preview.png'}")
         return 0
     if args.command == "run":
         return _run(parser, args)

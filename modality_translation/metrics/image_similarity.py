@@ -108,6 +108,65 @@ def _mask_or_all(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) 
     return inside
 
 
+def ssim_inside_mask(
+    pred: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    data_range: float,
+    win_size: int = 11,
+    kernel_type: str = "gaussian",
+    k2: float = SSIM_K2,
+) -> float:
+    """SSIM map of the whole image, averaged over the mask voxels only (SynthRAD's masked SSIM).
+
+    A whole-image SSIM counts the background, equal in both images by construction, and reads high
+    even when the head itself is poorly translated; this average counts only the head. The map is
+    computed over the whole image, so windows at the head's edge see the background as the images
+    have it.
+
+    Args:
+        pred: 2D or 3D image, non-negative (shift signed scales first: SSIM's luminance term
+            assumes it).
+        target: same shape.
+        mask: non-zero inside the region to average over.
+        data_range: the intensity span of the images.
+        win_size: window size.
+        kernel_type: ``"gaussian"`` (sigma 1.5) or ``"uniform"``.
+        k2: SSIM's contrast constant.
+
+    Returns:
+        The mean SSIM over the mask voxels whose window lies inside the image (MONAI's map covers
+        only those); NaN when there are none.
+
+    Raises:
+        ValueError: if shapes differ, the mask is empty, or a side is shorter than the window.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    inside = _mask_or_all(pred, target, mask)
+    if pred.ndim not in (2, 3) or min(pred.shape) < win_size:
+        raise ValueError(f"expected a 2D or 3D image with every side >= {win_size} voxels, got shape {pred.shape}")
+    spatial_dims = pred.ndim
+    ssim_map, _ = compute_ssim_and_cs(
+        torch.from_numpy(pred)[None, None],
+        torch.from_numpy(target)[None, None],
+        spatial_dims=spatial_dims,
+        kernel_size=[win_size] * spatial_dims,
+        kernel_sigma=[1.5] * spatial_dims,
+        data_range=data_range,
+        kernel_type=kernel_type,
+        k1=SSIM_K1,
+        k2=k2,
+    )
+    # MONAI computes in float32: agreement with scikit-image's float64 is about 1e-4 on HU volumes.
+    # MONAI's map covers only the windows inside the image: the same voxels as scikit-image's map
+    # cropped by half a window, which is what SynthRAD averages over.
+    half = win_size // 2
+    crop = tuple(slice(half, size - half) for size in pred.shape)
+    values = ssim_map[0, 0].double().numpy()[inside[crop]]
+    return float(values.mean()) if values.size else math.nan
+
+
 def synthrad_metrics(
     pred_hu: np.ndarray,
     target_hu: np.ndarray,
@@ -148,29 +207,12 @@ def synthrad_metrics(
     )
 
     # Outside the mask both images are set to the range minimum, then shifted to start at 0.
-    pred_ssim = torch.from_numpy(np.where(inside, pred_clipped, low) - low)[None, None]
-    target_ssim = torch.from_numpy(np.where(inside, target_clipped, low) - low)[None, None]
-    spatial_dims = pred_hu.ndim
-    num_points = SYNTHRAD_SSIM_WINDOW**spatial_dims
+    pred_ssim = np.where(inside, pred_clipped, low) - low
+    target_ssim = np.where(inside, target_clipped, low) - low
+    num_points = SYNTHRAD_SSIM_WINDOW**pred_hu.ndim
     # scikit-image uses sample (co)variances, i.e. MONAI's population ones times c = n / (n - 1); in
     # SSIM that factor cancels except against C2, so it is the same as MONAI's SSIM with K2 / sqrt(c).
     k2_sample_covariance = SSIM_K2 / math.sqrt(num_points / (num_points - 1))
-    ssim_map, _ = compute_ssim_and_cs(
-        pred_ssim,
-        target_ssim,
-        spatial_dims=spatial_dims,
-        kernel_size=[SYNTHRAD_SSIM_WINDOW] * spatial_dims,
-        kernel_sigma=[1.5] * spatial_dims,
-        data_range=data_range,
-        kernel_type="uniform",
-        k1=SSIM_K1,
-        k2=k2_sample_covariance,
-    )
-    # MONAI computes in float32: agreement with scikit-image's float64 is about 1e-4 on HU volumes.
-    # MONAI's map covers only the windows inside the volume: the same voxels as scikit-image's map
-    # cropped by half a window, which is what the challenge averages over.
-    half = SYNTHRAD_SSIM_WINDOW // 2
-    crop = tuple(slice(half, size - half) for size in pred_hu.shape)
-    ssim_inside = ssim_map[0, 0].double().numpy()[inside[crop]]
-    ssim_value = float(ssim_inside.mean()) if ssim_inside.size else math.nan
+    ssim_value = ssim_inside_mask(pred_ssim, target_ssim, inside, data_range, win_size=SYNTHRAD_SSIM_WINDOW,
+                                  kernel_type="uniform", k2=k2_sample_covariance)
     return {"mae": mae(pred_hu, target_hu, inside), "psnr": psnr_value, "ssim": ssim_value}

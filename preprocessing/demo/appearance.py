@@ -1,6 +1,7 @@
 """How each tissue looks in CT, T1 and T2, and the acquisition effects of each scanner.
 
-Tissue values follow the orderings of real scans (T1: WM > GM > CSF; T2: CSF > GM > WM;
+The procedural anatomy's tissue values (the template anatomy's come from :mod:`.tissue_physics`)
+follow the orderings of real scans (T1: WM > GM > CSF; T2: CSF > GM > WM;
 CT: bone >> GM > WM > CSF > fat > air = -1000 HU) and vary by a few per cent between subjects.
 """
 
@@ -53,16 +54,12 @@ def subject_tissue_values(rng: np.random.Generator) -> dict[str, dict[int, float
     return values
 
 
-def render_tissues(labels: np.ndarray, values: dict[int, float], texture: np.ndarray, texture_scale: float,
-                   additive: bool) -> np.ndarray:
-    """Paint a label map with tissue values and a smooth within-tissue texture.
+def render_tissues(labels: np.ndarray, values: dict[int, float]) -> np.ndarray:
+    """Paint a label map with one value per tissue label (the procedural anatomy's contrast).
 
     Args:
         labels: label map.
         values: value per label.
-        texture: unit-variance smooth field of ``labels.shape``.
-        texture_scale: texture amplitude (HU when ``additive``, else a relative factor).
-        additive: add the texture (CT) or multiply by it (MR).
 
     Returns:
         float32 image.
@@ -70,8 +67,23 @@ def render_tissues(labels: np.ndarray, values: dict[int, float], texture: np.nda
     lut = np.zeros(max(values) + 1, dtype=np.float32)
     for label, value in values.items():
         lut[label] = value
-    image = lut[labels]
-    tissue = labels != AIR
+    return lut[labels]
+
+
+def add_texture(image: np.ndarray, tissue: np.ndarray, texture: np.ndarray, texture_scale: float,
+                additive: bool) -> np.ndarray:
+    """Add a smooth within-tissue texture to an image, in place.
+
+    Args:
+        image: float32 image.
+        tissue: where the texture applies (outside air).
+        texture: unit-variance smooth field of ``image.shape``.
+        texture_scale: texture amplitude (HU when ``additive``, else a relative factor).
+        additive: add the texture (CT) or multiply by it (MR).
+
+    Returns:
+        ``image``.
+    """
     if additive:
         image[tissue] += texture_scale * texture[tissue]
     else:

@@ -1,8 +1,16 @@
 """Build the demo cohort: raw data as hospitals deliver it, plus the paired truth behind it.
 
-One subject = one procedural head (:mod:`.anatomy`) painted in CT, T1 and T2 (:mod:`.appearance`)
-in a common truth space, then placed in each scanner with its own pose (:mod:`.pose`), acquisition
-effects and, for CT, the head holder (:mod:`.head_holder`). Everything is drawn from a seeded
+One subject = one head in a common truth space, rendered in CT, T1 and T2, then placed in each
+scanner with its own pose (:mod:`.pose`), acquisition effects (:mod:`.appearance`) and, for CT, the
+head holder (:mod:`.head_holder`). Two anatomies:
+
+- ``mni152`` (default): the brain of the MNI152 ICBM 2009a template, deformed per subject, in a
+  skull and scalp built around it (:mod:`.template_anatomy`), imaged by tissue physics: MR signal
+  from relaxation times and sequence equations, CT from HU, mixed by volume fraction
+  (:mod:`.tissue_physics`);
+- ``procedural``: a phantom of ellipsoidal shells and a random folded cortex (:mod:`.anatomy`),
+  painted with one value per tissue label; needs no template.
+ Everything is drawn from a seeded
 generator per subject, so a seed gives byte-identical files whatever the number of workers.
 """
 
@@ -17,13 +25,14 @@ import nibabel as nib
 import numpy as np
 
 from preprocessing.atomic import atomic_write_json, atomic_write_with
-from preprocessing.demo import anatomy, appearance
+from preprocessing.demo import anatomy, appearance, template_anatomy, tissue_physics
 from preprocessing.demo.dicom_export import StudyIdentity, write_axial_series, write_localizer
 from preprocessing.demo.grid import Grid
 from preprocessing.demo.head_holder import add_head_holder
 from preprocessing.demo.pose import Pose, render_in_raw
 
 SIZES = ("small", "full")
+ANATOMIES = ("mni152", "procedural")
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,60 @@ def _save_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
     atomic_write_with(path, lambda tmp: nib.save(image, tmp))
 
 
-def build_subject(output: Path, index: int, size: str, seed: int) -> dict:
+def check_anatomy(anatomy_name: str) -> None:
+    """Refuse an unknown anatomy, or the template anatomy when its files are not installed.
+
+    Raises:
+        ValueError: unknown name.
+        preprocessing.demo.template.TemplateMissingError: nilearn or its template files are missing.
+    """
+    if anatomy_name not in ANATOMIES:
+        raise ValueError(f"unknown anatomy {anatomy_name!r}; choose one of {', '.join(ANATOMIES)}")
+    if anatomy_name == "mni152":
+        from preprocessing.demo.template import template_folder
+
+        template_folder()
+
+
+def _render_truth(fine: Grid, factor: int, anatomy_name: str, rng: np.random.Generator):
+    """One subject's anatomy on the supersampled grid, imaged and averaged down to the truth grid.
+
+    Returns:
+        ``(labels, images, values, anatomy_record)``: the truth label map, ``{modality: image}``,
+        the subject's value per tissue and modality, and what the manifest records of the anatomy.
+    """
+    # Drawn in the order anatomy, texture, values, so that a seed's procedural heads stay as they were.
+    if anatomy_name == "mni152":
+        params = template_anatomy.TemplateHeadParameters.random(rng)
+        tissues = template_anatomy.build_tissue_fractions(fine, params, rng)
+        labels = tissues.dominant_labels(factor)
+        texture = appearance.tissue_texture(fine.shape, fine.spacing, rng)
+        values = tissue_physics.subject_tissue_values(rng)
+        plain = {m: tissues.render(values[m]) for m in appearance.MODALITIES}
+        # Texture where tissue dominates, as the procedural head has it outside its air label.
+        tissue = tissues.fractions[anatomy.AIR] < 0.5
+        del tissues
+        record = {"anatomy": "mni152", "scale": [round(s, 4) for s in params.scale],
+                  "warp_mm": round(params.warp_mm, 3), "ventricle_scale": round(params.ventricle_scale, 4)}
+    else:
+        params = anatomy.HeadParameters.random(rng)
+        fine_labels = anatomy.build_labels(fine, params, rng)
+        texture = appearance.tissue_texture(fine.shape, fine.spacing, rng)
+        values = appearance.subject_tissue_values(rng)
+        plain = {m: appearance.render_tissues(fine_labels, values[m]) for m in appearance.MODALITIES}
+        record = {"anatomy": "procedural", "semi_axes_mm": [round(a, 3) for a in params.semi_axes],
+                  "ventricle_scale": round(params.ventricle_scale, 4)}
+        labels = anatomy.block_mode_centre(fine_labels, factor)
+        tissue = fine_labels != anatomy.AIR
+    images = {
+        "ct": appearance.block_average(appearance.add_texture(plain["ct"], tissue, texture, 3.0, True), factor),
+        "t1": appearance.block_average(appearance.add_texture(plain["t1"], tissue, texture, 0.02, False), factor),
+        "t2": appearance.block_average(appearance.add_texture(plain["t2"], tissue, texture, 0.02, False), factor),
+    }
+    return labels, images, values, record
+
+
+def build_subject(output: Path, index: int, size: str, seed: int, anatomy_name: str = "mni152") -> dict:
     """Generate and write one subject.
 
     Args:
@@ -119,6 +181,7 @@ def build_subject(output: Path, index: int, size: str, seed: int) -> dict:
         index: 0-based subject index.
         size: ``small`` or ``full``.
         seed: cohort seed.
+        anatomy_name: ``mni152`` or ``procedural``.
 
     Returns:
         The subject's manifest entry.
@@ -133,17 +196,7 @@ def build_subject(output: Path, index: int, size: str, seed: int) -> dict:
     truth = geometry.truth
     fine = Grid(tuple(s * f for s in truth.shape), tuple(s / f for s in truth.spacing), truth.direction,
                 truth.origin - (f - 1) / (2 * f) * np.asarray(truth.spacing))
-    params = anatomy.HeadParameters.random(rng)
-    fine_labels = anatomy.build_labels(fine, params, rng)
-    labels = anatomy.block_mode_centre(fine_labels, f)
-    texture = appearance.tissue_texture(fine.shape, fine.spacing, rng)
-    values = appearance.subject_tissue_values(rng)
-    truth_images = {
-        "ct": appearance.block_average(appearance.render_tissues(fine_labels, values["ct"], texture, 3.0, True), f),
-        "t1": appearance.block_average(appearance.render_tissues(fine_labels, values["t1"], texture, 0.02, False), f),
-        "t2": appearance.block_average(appearance.render_tissues(fine_labels, values["t2"], texture, 0.02, False), f),
-    }
-    del fine_labels, texture
+    labels, truth_images, values, anatomy_record = _render_truth(fine, f, anatomy_name, rng)
     truth_dir = output / "truth" / subject
     _save_nifti(truth_dir / "labels.nii.gz", labels, truth)
     _save_nifti(truth_dir / "ct.nii.gz", np.rint(truth_images["ct"]).astype(np.int16), truth)
@@ -205,13 +258,12 @@ def build_subject(output: Path, index: int, size: str, seed: int) -> dict:
         "truth": {name: f"truth/{subject}/{name}" for name in
                   ("t1.nii.gz", "t2.nii.gz", "ct.nii.gz", "labels.nii.gz", "ct_raw_labels.nii.gz",
                    "landmarks.json", "pose.json")},
-        "anatomy": {"semi_axes_mm": [round(a, 3) for a in params.semi_axes],
-                    "ventricle_scale": round(params.ventricle_scale, 4)},
+        "anatomy": anatomy_record,
     }
 
 
 def build_demo_cohort(output: str | os.PathLike, n_subjects: int = 12, size: str = "full", seed: int = 0,
-                      workers: int | None = None, progress: bool = True) -> dict:
+                      workers: int | None = None, progress: bool = True, anatomy_name: str = "mni152") -> dict:
     """Write a demo cohort of ``n_subjects`` to ``output`` (see docs/data.md for the layout).
 
     Args:
@@ -221,9 +273,14 @@ def build_demo_cohort(output: str | os.PathLike, n_subjects: int = 12, size: str
         seed: the same seed gives byte-identical files.
         workers: parallel processes (default: one per core, at most ``n_subjects``).
         progress: show a progress bar.
+        anatomy_name: ``mni152`` (the template brain, default) or ``procedural`` (the phantom).
 
     Returns:
         The manifest, also written to ``output/manifest.json``.
+
+    Raises:
+        ValueError: bad number of subjects, size or anatomy name.
+        preprocessing.demo.template.TemplateMissingError: ``mni152`` without nilearn's template files.
     """
     from tqdm import tqdm
 
@@ -231,19 +288,20 @@ def build_demo_cohort(output: str | os.PathLike, n_subjects: int = 12, size: str
 
     if n_subjects < 1:
         raise ValueError(f"the number of subjects must be at least 1, not {n_subjects}")
-    cohort_geometry(size)  # validates the size before any work starts
+    cohort_geometry(size)  # validates the size and the anatomy before any work starts
+    check_anatomy(anatomy_name)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, n_subjects))
     entries: dict[int, dict] = {}
-    bar = tqdm(total=n_subjects, desc=f"demo cohort ({size})", unit="subject", disable=not progress)
+    bar = tqdm(total=n_subjects, desc=f"demo cohort ({size}, {anatomy_name})", unit="subject", disable=not progress)
     if workers == 1:
         for i in range(n_subjects):
-            entries[i] = build_subject(output, i, size, seed)
+            entries[i] = build_subject(output, i, size, seed, anatomy_name)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(build_subject, output, i, size, seed): i for i in range(n_subjects)}
+            futures = {pool.submit(build_subject, output, i, size, seed, anatomy_name): i for i in range(n_subjects)}
             from concurrent.futures import as_completed
 
             for future in as_completed(futures):
@@ -254,6 +312,7 @@ def build_demo_cohort(output: str | os.PathLike, n_subjects: int = 12, size: str
         "description": "Synthetic demo cohort with paired ground truth (see docs/data.md)",
         "size": size,
         "seed": seed,
+        "anatomy": anatomy_name,
         "subjects": [entries[i] for i in range(n_subjects)],
         "labels": {str(k): v for k, v in anatomy.LABEL_NAMES.items()}
         | {"9": "holder_plate", "10": "couch", "11": "contact_pad"},

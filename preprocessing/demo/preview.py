@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from preprocessing.atomic import atomic_write_with  # noqa: E402
+from preprocessing.demo.anatomy import VENTRICLE  # noqa: E402
 from preprocessing.demo.grid import grid_from_affine_ras, grid_from_sitk, resample_to_grid  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def load_nifti(path: Path):
 
 def write_preview(output: Path, subject: str, size: str) -> Path:
     """Draw raw (top row, in scanner coordinates on the truth grid: misaligned) and truth (bottom row)
-    axial slices of CT, T1 and T2 through the centre of the brain.
+    axial slices of CT, T1 and T2 through the lateral ventricles.
 
     Args:
         output: cohort folder.
@@ -42,7 +43,8 @@ def write_preview(output: Path, subject: str, size: str) -> Path:
         Path of the PNG.
     """
     truth_grid, labels = load_nifti(output / "truth" / subject / "labels.nii.gz")
-    k = int(np.argwhere(labels >= 5).mean(axis=0)[2]) + 6
+    # Through the lateral ventricles: the slice radiologists look at first.
+    k = int(round(np.argwhere(labels == VENTRICLE).mean(axis=0)[2]))
     raw = {
         "CT": load_raw_ct(output / "raw" / "ct" / subject / "Unknown Study" / "CT PLAIN THIN"),
         "T1": load_nifti(output / "raw" / "mri" / f"{subject}-T1.nii.gz"),

@@ -69,8 +69,10 @@ def test_identical_mr_gives_ssim_1_infinite_psnr_and_zero_mae(tmp_path):
     assert [row["subject"] for row in rows] == ["sub-0", "sub-1"]
     for row in rows:
         assert float(row["ssim"]) == pytest.approx(1.0, abs=1e-6)
+        assert float(row["ssim_masked"]) == pytest.approx(1.0, abs=1e-6)
         assert math.isinf(float(row["psnr_db"])) and float(row["mae"]) == 0.0
     assert summary["ssim"]["mean"] == pytest.approx(1.0, abs=1e-6) and summary["ssim"]["n"] == 2
+    assert summary["ssim_masked"]["mean"] == pytest.approx(1.0, abs=1e-6) and summary["ssim_masked"]["n"] == 2
     assert summary["psnr_db"]["n_non_finite"] == 2 and summary["psnr_db"]["mean"] is None
     assert summary["fid"] == {"value": None, "note": FID_SKIPPED_NOTE}
     assert summary["evaluation"]["data_range"] == 2.0 and summary["evaluation"]["units"] == "normalised"
@@ -88,6 +90,9 @@ def test_mr_metrics_on_the_normalised_scale():
     assert values["psnr_db"] == pytest.approx(10 * math.log10(4.0 / 0.01), abs=1e-3)  # MSE 0.01, data range 2
     # An offset of 5 % of the range: the shift to non-negative values keeps SSIM's luminance term near 1.
     assert 0.99 < values["ssim"] < 1.0
+    assert 0.99 < values["ssim_masked"] < 1.0
+    noisy = np.where(mask, target + rng.normal(0, 0.5, target.shape), target).astype(np.float32)
+    assert mr_metrics(noisy, target, mask, 2.0)["ssim_masked"] < 0.9
     # A prediction that differs only outside the mask is perfect.
     outside = np.where(mask, target, 0.7).astype(np.float32)
     assert mr_metrics(outside, target, mask, 2.0)["mae"] == 0.0
@@ -97,6 +102,7 @@ def test_ct_metrics_in_hu_with_synthrad_conventions(tmp_path):
     identical = evaluate_translation(_predictions(tmp_path / "a", "ct", lambda t, m: t), tmp_path / "a" / "eval",
                                      "target", "ct", mask_key="mask")
     assert identical["mae_hu"]["mean"] == 0.0 and identical["ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert identical["ssim_masked"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert identical["evaluation"]["units"] == "HU" and identical["evaluation"]["data_range"] == 4024.0
     shifted = evaluate_translation(_predictions(tmp_path / "b", "ct", lambda t, m: t + 25.0), tmp_path / "b" / "eval",
                                    "target", "ct", mask_key="mask")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from modality_translation.metrics import mae, psnr, ssim, synthrad_metrics
+from modality_translation.metrics import mae, psnr, ssim, ssim_inside_mask, synthrad_metrics
 
 
 def test_psnr_of_a_known_mse_per_image_2d_and_3d():
@@ -103,3 +103,40 @@ def test_synthrad_refuses_tiny_or_mismatched_inputs():
         synthrad_metrics(np.zeros((4, 10, 10)), np.zeros((4, 10, 10)), np.ones((4, 10, 10)))
     with pytest.raises(ValueError, match="shapes differ"):
         synthrad_metrics(np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), np.ones((8, 8, 8)))
+
+
+def test_masked_ssim_agrees_with_the_scikit_image_gaussian_map_averaged_in_the_mask():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    crop = pytest.importorskip("skimage.util").crop
+    rng = np.random.default_rng(3)
+    target = rng.uniform(0.0, 2.0, (24, 28, 26))
+    pred = np.clip(target + rng.normal(0, 0.2, target.shape), 0.0, 2.0)
+    mask = np.zeros(target.shape, bool)
+    mask[4:20, 6:22, 5:21] = True
+    _, ssim_map = skimage_metrics.structural_similarity(
+        target, pred, data_range=2.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True)
+    reference = crop(ssim_map, 5)[crop(mask, 5)].mean()
+    assert ssim_inside_mask(pred, target, mask, data_range=2.0) == pytest.approx(reference, abs=1e-4)
+
+
+def test_masked_ssim_sees_a_bad_head_that_the_whole_volume_ssim_hides():
+    # A small head in a large, equal background: the whole-volume SSIM is high, the head's is not.
+    rng = np.random.default_rng(4)
+    target = np.zeros((64, 64, 64))
+    pred = np.zeros((64, 64, 64))
+    mask = np.zeros(target.shape, bool)
+    mask[20:44, 20:44, 20:44] = True
+    target[mask] = rng.uniform(0.5, 1.5, mask.sum())
+    pred[mask] = rng.uniform(0.5, 1.5, mask.sum())
+    whole = float(ssim(torch.from_numpy(pred)[None, None].float(), torch.from_numpy(target)[None, None].float(), 2.0)[0])
+    masked = ssim_inside_mask(pred, target, mask, 2.0)
+    # Windows at the head's edge share the edge itself, so even unrelated heads keep some similarity there.
+    assert whole > 0.9 and masked < 0.5
+    assert ssim_inside_mask(target, target, mask, 2.0) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_masked_ssim_refuses_an_empty_mask_and_a_tiny_image():
+    with pytest.raises(ValueError, match="mask is empty"):
+        ssim_inside_mask(np.ones((12, 12, 12)), np.ones((12, 12, 12)), np.zeros((12, 12, 12)), 2.0)
+    with pytest.raises(ValueError, match=">= 11"):
+        ssim_inside_mask(np.ones((8, 12, 12)), np.ones((8, 12, 12)), np.ones((8, 12, 12)), 2.0)

@@ -197,8 +197,9 @@ def test_head_holder_in_raw_ct_only(cohort):
         assert (ndimage.binary_dilation(pads) & head).any(), f"{subject}: pads must touch the scalp"
         _, truth_ct = _load(cohort / "truth" / subject / "ct.nii.gz")
         _, truth_labels = _load(cohort / "truth" / subject / "labels.nii.gz")
-        # Voxels next to the scalp share it (partial volume); beyond them the truth is pure air.
-        outside_head = ~ndimage.binary_dilation(truth_labels != AIR)
+        # Voxels near the scalp share it (partial volume: thin skin on a curved surface can lie between
+        # the block centres that give the labels); beyond them the truth is pure air.
+        outside_head = ~ndimage.binary_dilation(truth_labels != AIR, iterations=2)
         assert outside_head.sum() > 0.3 * outside_head.size
         assert np.all(truth_ct[outside_head] == -1000), "truth CT must be artefact-free"
         assert (truth_labels <= 8).all()

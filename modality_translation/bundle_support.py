@@ -95,7 +95,7 @@ def bundle_root(default: str | os.PathLike | None = None) -> str:
     )
 
 
-def _check_demo_manifest(demo_dir: Path, size: str, subjects: int, seed: int) -> bool:
+def _check_demo_manifest(demo_dir: Path, size: str, subjects: int, seed: int, anatomy: str) -> bool:
     """Whether ``demo_dir`` holds a finished demo cohort of these settings (the manifest is written last).
 
     Raises:
@@ -105,24 +105,27 @@ def _check_demo_manifest(demo_dir: Path, size: str, subjects: int, seed: int) ->
     if not manifest_path.is_file():
         return False
     manifest = read_datalist(manifest_path)  # a JSON object, with errors naming the file
-    found = (manifest.get("size"), len(manifest.get("subjects", [])), manifest.get("seed"))
-    if found != (size, subjects, seed):
+    # Cohorts built before the template anatomy existed record none: they are procedural.
+    found = (manifest.get("size"), len(manifest.get("subjects", [])), manifest.get("seed"),
+             manifest.get("anatomy", "procedural"))
+    if found != (size, subjects, seed, anatomy):
         raise PreprocessingError(
             manifest_path,
-            f"holds a demo cohort of size {found[0]!r}, {found[1]} subjects, seed {found[2]}, not the "
-            f"requested {size!r}, {subjects} subjects, seed {seed}: delete the folder or choose another demo folder",
+            f"holds a demo cohort of size {found[0]!r}, {found[1]} subjects, seed {found[2]}, {found[3]} anatomy, "
+            f"not the requested {size!r}, {subjects} subjects, seed {seed}, {anatomy} anatomy: delete the folder "
+            "or choose another demo folder",
         )
     return True
 
 
-def _build_demo(datalist: Path, demo_dir: Path, size: str, subjects: int, seed: int,
+def _build_demo(datalist: Path, demo_dir: Path, size: str, subjects: int, seed: int, anatomy: str,
                 preprocessing_config: str | os.PathLike | Mapping[str, Any], workers: int | None, progress: bool) -> None:
     # Imported here: the demo generator and the cohort runner are only needed on this path.
     from preprocessing.cohort import STATUS_FAILED, run_cohort
     from preprocessing.demo import build_demo_cohort
 
-    if not _check_demo_manifest(demo_dir, size, subjects, seed):
-        build_demo_cohort(demo_dir, subjects, size, seed, workers, progress=progress)
+    if not _check_demo_manifest(demo_dir, size, subjects, seed, anatomy):
+        build_demo_cohort(demo_dir, subjects, size, seed, workers, progress=progress, anatomy_name=anatomy)
     report = run_cohort(preprocessing_config, demo_dir, datalist.parent, workers=workers, progress=progress)
     failed = [row for row in report["subjects"] if row["status"] == STATUS_FAILED]
     if failed:
@@ -148,6 +151,7 @@ def prepare_datalist(
     demo_size: str = "full",
     demo_subjects: int = 12,
     demo_seed: int = 0,
+    demo_anatomy: str = "mni152",
     preprocessing_config: str | os.PathLike | Mapping[str, Any] = "demo",
     workers: int | None = None,
     require_slices: bool = True,
@@ -166,6 +170,7 @@ def prepare_datalist(
         demo_size: ``"small"`` (64-voxel grids, 64 x 64 slices) or ``"full"`` (1 mm, 256 x 256 slices).
         demo_subjects: subjects of the demo cohort (split 60/20/20 by the ``demo`` preprocessing).
         demo_seed: seed of the demo cohort.
+        demo_anatomy: ``"mni152"`` (the template brain) or ``"procedural"`` (the phantom).
         preprocessing_config: the preprocessing configuration (shipped name, file or mapping).
         workers: processes of the demo build and preprocessing (default: one per core).
         require_slices: check the modalities' slice lists (training), or their volumes (inference).
@@ -198,8 +203,8 @@ def prepare_datalist(
             )
         if demo_dir is None:
             raise ValueError("build_demo needs demo_dir, the folder of the raw demo cohort")
-        _build_demo(path, Path(demo_dir), demo_size, int(demo_subjects), int(demo_seed), preprocessing_config,
-                    workers, progress)
+        _build_demo(path, Path(demo_dir), demo_size, int(demo_subjects), int(demo_seed), demo_anatomy,
+                    preprocessing_config, workers, progress)
     if rank is not None:
         import torch.distributed as dist
 

@@ -97,6 +97,18 @@ def cohort_geometry(size: str) -> CohortGeometry:
     raise ValueError(f"unknown cohort size {size!r}; choose one of {', '.join(SIZES)}")
 
 
+def supersampled_grid(geometry: CohortGeometry) -> Grid:
+    """The grid the anatomy is rendered on: the truth grid ``supersample`` times finer, same extent."""
+    f, truth = geometry.supersample, geometry.truth
+    return Grid(tuple(s * f for s in truth.shape), tuple(s / f for s in truth.spacing), truth.direction,
+                truth.origin - (f - 1) / (2 * f) * np.asarray(truth.spacing))
+
+
+def subject_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of one subject: its data depend on the cohort seed and its index only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
 def subject_name(index: int) -> str:
     """Subject ID of the ``index``-th demo subject (0-based): ``demo001``, ``demo002``…"""
     return f"demo{index + 1:03d}"
@@ -188,15 +200,13 @@ def build_subject(output: Path, index: int, size: str, seed: int, anatomy_name: 
     """
     geometry = cohort_geometry(size)
     subject = subject_name(index)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    rng = subject_rng(seed, index)
     uid_seed = f"preprocessing-demo/{seed}/{subject}"
 
     # --- truth: anatomy and tissue contrast in the common space -----------------------------------
     f = geometry.supersample
     truth = geometry.truth
-    fine = Grid(tuple(s * f for s in truth.shape), tuple(s / f for s in truth.spacing), truth.direction,
-                truth.origin - (f - 1) / (2 * f) * np.asarray(truth.spacing))
-    labels, truth_images, values, anatomy_record = _render_truth(fine, f, anatomy_name, rng)
+    labels, truth_images, values, anatomy_record = _render_truth(supersampled_grid(geometry), f, anatomy_name, rng)
     truth_dir = output / "truth" / subject
     _save_nifti(truth_dir / "labels.nii.gz", labels, truth)
     _save_nifti(truth_dir / "ct.nii.gz", np.rint(truth_images["ct"]).astype(np.int16), truth)

@@ -158,9 +158,20 @@ def truth_to_template_index(grid: Grid, params: TemplateHeadParameters, maps: Te
     return template_ras, lattice, displacement
 
 
-def _sample(volume: np.ndarray, affine: np.ndarray, ras: np.ndarray, inside: np.ndarray | None = None,
-            cval: float = 0.0) -> np.ndarray:
-    """Linear samples of a template map at RAS points ``(3, N)`` (optionally only where ``inside``)."""
+def sample_template(volume: np.ndarray, affine: np.ndarray, ras: np.ndarray, inside: np.ndarray | None = None,
+                    cval: float = 0.0) -> np.ndarray:
+    """Linear samples of a template map at RAS points ``(3, N)`` (optionally only where ``inside``).
+
+    Args:
+        volume: the map.
+        affine: its voxel index -> RAS mm matrix.
+        ras: ``(3, N)`` points.
+        inside: optional ``(N,)`` boolean: sample only these points, ``cval`` elsewhere.
+        cval: value outside the map (and outside ``inside``).
+
+    Returns:
+        ``(N,)`` float32 samples.
+    """
     inverse = np.linalg.inv(affine).astype(np.float32)
     points = ras if inside is None else ras[:, inside]
     index = inverse[:3, :3] @ points + inverse[:3, 3:4]
@@ -191,12 +202,12 @@ def build_tissue_fractions(grid: Grid, params: TemplateHeadParameters, rng: np.r
     ras = lattice.upsample(template_ras, grid).reshape(3, -1)
     mean_scale = float(np.mean(params.scale))
     # Distances in the template shrink with the subject's scale.
-    distance = _sample(maps.envelope_distance, maps.envelope_affine, ras, cval=1e3) * np.float32(mean_scale)
+    distance = sample_template(maps.envelope_distance, maps.envelope_affine, ras, cval=1e3) * np.float32(mean_scale)
     intracranial_region = distance < 1.0
-    grey = _sample(maps.grey_matter, maps.affine, ras, intracranial_region)
-    white = _sample(maps.white_matter, maps.affine, ras, intracranial_region)
-    ventricle_csf = _sample(maps.ventricle, maps.affine, ras, intracranial_region)
-    brain_mask = _sample(maps.intracranial, maps.affine, ras, intracranial_region)
+    grey = sample_template(maps.grey_matter, maps.affine, ras, intracranial_region)
+    white = sample_template(maps.white_matter, maps.affine, ras, intracranial_region)
+    ventricle_csf = sample_template(maps.ventricle, maps.affine, ras, intracranial_region)
+    brain_mask = sample_template(maps.intracranial, maps.affine, ras, intracranial_region)
     del ras
 
     # Layer boundaries as distances outside the envelope, each thickness varying over the head.

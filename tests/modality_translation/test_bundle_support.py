@@ -105,10 +105,11 @@ def fake_demo_tools(monkeypatch):
 
     calls = []
 
-    def build(output, n_subjects, size, seed, workers, progress=True):
-        calls.append(("demo", str(output), n_subjects, size, seed, workers))
+    def build(output, n_subjects, size, seed, workers, progress=True, anatomy_name="mni152"):
+        calls.append(("demo", str(output), n_subjects, size, seed, workers, anatomy_name))
         output.mkdir(parents=True, exist_ok=True)
-        manifest = {"size": size, "seed": seed, "subjects": [{"subject": f"demo{i:03d}"} for i in range(n_subjects)]}
+        manifest = {"size": size, "seed": seed, "anatomy": anatomy_name,
+                    "subjects": [{"subject": f"demo{i:03d}"} for i in range(n_subjects)]}
         (output / "manifest.json").write_text(json.dumps(manifest))
         return manifest
 
@@ -127,7 +128,8 @@ def test_prepare_datalist_builds_and_preprocesses_a_missing_demo_cohort_once(tmp
     result = prepare_datalist(datalist, ("t1", "t2"), build_demo=True, demo_dir=demo, demo_size="small",
                               demo_subjects=4, demo_seed=3, preprocessing_config="demo", workers=2, progress=False)
     assert result == str(datalist)
-    assert fake_demo_tools == [("demo", str(demo), 4, "small", 3, 2), ("run", "demo", str(demo), str(datalist.parent), 2)]
+    assert fake_demo_tools == [("demo", str(demo), 4, "small", 3, 2, "mni152"),
+                               ("run", "demo", str(demo), str(datalist.parent), 2)]
     # A second call finds the datalist: nothing is built again.
     prepare_datalist(datalist, ("t1", "t2"), build_demo=True, demo_dir=demo, demo_size="small", demo_subjects=4,
                      demo_seed=3)
@@ -146,6 +148,11 @@ def test_prepare_datalist_refuses_a_demo_folder_of_other_settings(tmp_path, fake
     with pytest.raises(PreprocessingError, match=r"manifest\.json: holds a demo cohort of size 'full', 12 subjects"):
         prepare_datalist(demo / "preprocessed" / "dataset.json", build_demo=True, demo_dir=demo, demo_size="small",
                          demo_subjects=4)
+    # A cohort of the same size built before the template anatomy (no anatomy recorded) is procedural.
+    with pytest.raises(PreprocessingError, match="procedural anatomy, not the requested 'full', 12 subjects, seed 0, "
+                                                 "mni152 anatomy"):
+        prepare_datalist(demo / "preprocessed" / "dataset.json", build_demo=True, demo_dir=demo, demo_size="full",
+                         demo_subjects=12)
     assert fake_demo_tools == []
 
 

@@ -1,4 +1,4 @@
-"""The demo cohort: determinism, real DICOM, tissue contrast, the head holder, misalignment, scouts."""
+"""The demo cohort: determinism, real DICOM, tissue contrast, anatomy, the head holder, misalignment, scouts."""
 
 from __future__ import annotations
 
@@ -164,6 +164,27 @@ def test_truth_contrast_follows_real_scans(cohort, subject):
     assert m1[CORTICAL_BONE] < m1[CSF]
 
 
+def test_subjects_differ_in_anatomy(cohort):
+    manifest = json.loads((cohort / "manifest.json").read_text())
+    assert manifest["anatomy"] == "mni152"
+    assert all(entry["anatomy"]["anatomy"] == "mni152" for entry in manifest["subjects"])
+    brains = [np.isin(_load(cohort / "truth" / f"demo{i:03d}" / "labels.nii.gz")[1], (GREY_MATTER, WHITE_MATTER, VENTRICLE))
+              for i in range(1, N_SUBJECTS + 1)]
+    for i in range(N_SUBJECTS):
+        for j in range(i + 1, N_SUBJECTS):
+            dice = 2 * (brains[i] & brains[j]).sum() / (brains[i].sum() + brains[j].sum())
+            assert 0.5 < dice < 0.95, (i, j, dice)
+
+
+def test_procedural_anatomy_stays_available(tmp_path):
+    manifest = build_demo_cohort(tmp_path, 1, "small", seed=2, workers=1, progress=False, anatomy_name="procedural")
+    assert manifest["anatomy"] == "procedural" and "semi_axes_mm" in manifest["subjects"][0]["anatomy"]
+    _, labels = _load(tmp_path / "truth" / "demo001" / "labels.nii.gz")
+    _, t1 = _load(tmp_path / "truth" / "demo001" / "t1.nii.gz")
+    means = _class_means(t1, labels, (WHITE_MATTER, GREY_MATTER, CSF))
+    assert means[WHITE_MATTER] > means[GREY_MATTER] > means[CSF]
+
+
 def test_raw_scans_keep_the_contrast_under_noise_and_bias(cohort):
     subject = "demo002"
     truth_grid, labels = _load(cohort / "truth" / subject / "labels.nii.gz")
@@ -257,6 +278,7 @@ def _run_cli(*args) -> subprocess.CompletedProcess:
         (["--subjects", "-3"], "--subjects: must be at least 1"),
         (["--size", "huge"], "--size: invalid choice"),
         (["--seed", "x"], "--seed: expected a whole number"),
+        (["--anatomy", "atlas"], "--anatomy: invalid choice: 'atlas'"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
@@ -280,3 +302,16 @@ def test_cli_builds_a_cohort(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c" / "raw" / "mri" / "demo001-T1.nii.gz").is_file()
     assert "demo cohort written" in result.stdout
+
+
+def test_cli_missing_template_exits_2_with_one_line(tmp_path):
+    # nilearn hidden from the import system, as on a machine where it is not installed.
+    code = ("import sys, importlib.util as u; find = u.find_spec; "
+            "u.find_spec = lambda name, *a, **k: None if name == 'nilearn' else find(name, *a, **k); "
+            "from preprocessing.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "demo", "--output", str(tmp_path / "out"), "--size", "small",
+                             "--subjects", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "preprocessing demo: error: the MNI152 anatomy needs the nilearn package" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modality_translation.engines import IMAGE_KEYS, CycleGANTrainer, adam_optimizer, losses_from_output
-from modality_translation.engines.cyclegan_trainer import compile_in_place
+from modality_translation.engines.gan_trainer import compile_in_place
 from modality_translation.losses import CycleConsistencyLoss
 from tests.modality_translation.engines.toy import (
     blob_images,

@@ -34,6 +34,7 @@ from modality_translation.engines.image_grid import (
     translation_grid,
 )
 from modality_translation.engines.image_pool import ImagePool
+from modality_translation.engines.pix2pix_trainer import PIX2PIX_LAMBDA_L1, Pix2PixTrainer, conditional_pair
 from modality_translation.engines.schedules import LinearDecay, adam_optimizer, linear_decay_scheduler
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "ImagePool",
     "LOSS_KEYS",
     "LinearDecay",
+    "PIX2PIX_LAMBDA_L1",
+    "Pix2PixTrainer",
     "TrainingCheckpointLoader",
     "TrainingCheckpointSaver",
     "TranslationEvaluator",
@@ -55,6 +58,7 @@ __all__ = [
     "adam_optimizer",
     "checkpoint_path",
     "compile_in_place",
+    "conditional_pair",
     "frozen",
     "has_batch_norm",
     "latest_checkpoint",

@@ -32,11 +32,11 @@ float16 AMP).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.engines.utils import IterationEvents
 from torch import nn
 
 from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm, paired_forward

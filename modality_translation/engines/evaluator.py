@@ -134,7 +134,7 @@ class TranslationEvaluator(Evaluator):
     def _iteration(self, engine: TranslationEvaluator, batchdata: dict) -> dict[str, Any]:
         """Translate one batch; output ``image`` (source), ``pred`` (translation), ``label`` (truth, if any).
 
-        The output also names the images as the trainer does: ``real_A``, ``fake_B``, ``rec_A``.
+        The output also names the images as the trainers do: ``real_A``, ``fake_B``, ``rec_A``, ``real_B`` (the truth).
 
         Raises:
             ValueError: when ``batchdata`` is None.
@@ -144,7 +144,8 @@ class TranslationEvaluator(Evaluator):
         source, truth = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         output: dict[str, Any] = {CommonKeys.IMAGE: source, "real_A": source}
         if truth is not None:
-            output[CommonKeys.LABEL] = truth
+            # ``real_B`` stays on the network scale for image grids; post-transforms may shift ``label``.
+            output[CommonKeys.LABEL] = output["real_B"] = truth
         engine.state.output = output
         autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
         with engine.mode(*engine.networks), torch.inference_mode(), autocast:

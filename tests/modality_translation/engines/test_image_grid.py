@@ -79,7 +79,7 @@ def test_grid_iterations_spread_over_the_epoch(epoch_length, max_samples, expect
     assert grid_iterations(epoch_length, max_samples) == expected
 
 
-def test_validation_grid_rows_show_different_subjects_not_the_last_batch(tmp_path):
+def test_validation_grid_rows_show_different_subjects_not_the_last_batch(tmp_path, monkeypatch):
     """An ordered validation loader: 3 subjects of 4 neighbouring slices, batches of 2 (the last batch is
     two slices of the last subject). Each row must come from another part of the epoch."""
     subjects, slices = 3, 4
@@ -93,11 +93,9 @@ def test_validation_grid_rows_show_different_subjects_not_the_last_batch(tmp_pat
     handler.attach(evaluator)
     rows = []
     original = image_grid.save_grid_png
-    image_grid.save_grid_png = lambda grid, labels, path, **kwargs: rows.append(grid) or original(grid, labels, path, **kwargs)
-    try:
-        evaluator.run()
-    finally:
-        image_grid.save_grid_png = original
+    monkeypatch.setattr(image_grid, "save_grid_png",
+                        lambda grid, labels, path, **kwargs: rows.append(grid) or original(grid, labels, path, **kwargs))
+    evaluator.run()
     grid = rows[0]
     assert grid.shape == (3, 2, 8, 8)
     shown = [round(((grid[r, 0, 0, 0] * 2 - 1) + 0.9) * 4, 3) for r in range(3)]

@@ -138,19 +138,21 @@ def has_batch_norm(*networks: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def frozen(networks: Iterable[nn.Module]) -> Iterator[None]:
-    """Parameters of ``networks`` do not require gradients inside the block (restored after it).
+    """Parameters of ``networks`` do not require gradients inside the block; their flags are restored after it.
 
     A generator step backpropagates through the discriminator to its input; with the
-    discriminator frozen, that backward pass computes no discriminator weight gradients.
+    discriminator frozen, that backward pass computes no discriminator weight gradients. Parameters
+    frozen for good (e.g. a pretrained backbone) stay frozen.
     """
-    networks = list(networks)
-    for net in networks:
-        net.requires_grad_(False)
+    parameters = [p for net in networks for p in net.parameters()]
+    flags = [p.requires_grad for p in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
     try:
         yield
     finally:
-        for net in networks:
-            net.requires_grad_(True)
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
 
 
 def paired_forward(net: nn.Module, first: torch.Tensor, second: torch.Tensor, fuse: bool):

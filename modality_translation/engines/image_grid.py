@@ -6,7 +6,7 @@ the whole epoch, not the samples of its last batch: a validation loader walks th
 slice, so the last batch holds neighbouring slices of one subject, which look alike (a grid of them
 shows the same anatomy on every row). The handler takes one sample from each of ``max_samples``
 iterations evenly spaced over the epoch (several samples of each batch only when the epoch has fewer
-iterations than rows), so the rows show different subjects or distant slices. The row kinds and
+iterations than rows, spread over each batch), so the rows show different subjects or distant slices. The row kinds and
 column titles are the trainer's (``grid_rows``, ``grid_columns`` of
 :class:`~modality_translation.engines.gan_trainer.GANTrainer`: CycleGAN's input, translated and
 cycle-reconstructed images of both domains) unless given; an evaluator's output
@@ -106,27 +106,41 @@ def translation_grid(output: Any, rows: Sequence[Sequence[str]] = DEFAULT_ROWS, 
     return _assemble(_row_planes(output, rows, max_samples), rows)
 
 
-def grid_iterations(epoch_length: int, max_samples: int) -> dict[int, list[int]]:
-    """Which samples of which iterations of an epoch make the grid's rows of one kind.
+def spread(count: int, size: int) -> list[int]:
+    """``count`` positions evenly spaced over ``range(size)``, first and last included (all of them if fewer)."""
+    if count >= size:
+        return list(range(size))
+    if count == 1:
+        return [0]
+    return [round(j * (size - 1) / (count - 1)) for j in range(count)]
+
+
+def grid_iterations(epoch_length: int, max_samples: int) -> dict[int, int]:
+    """Which iterations of an epoch give the grid's rows of one kind, and how many samples each.
 
     Args:
         epoch_length: iterations of the epoch.
         max_samples: rows per kind.
 
     Returns:
-        ``{0-based iteration in the epoch: [position in the batch, ...]}``: one sample (the first) of
-        each of ``max_samples`` iterations evenly spaced from the first to the last; with fewer
-        iterations than rows, every iteration gives several samples, spread over its batch (the
-        positions assume full batches; missing ones are skipped).
+        ``{0-based iteration in the epoch: samples}``: one sample from each of ``max_samples``
+        iterations evenly spaced from the first to the last; with fewer iterations than rows, every
+        iteration gives several samples (spread over its batch by the handler).
     """
     if epoch_length <= 0 or max_samples <= 0:
         return {}
     if epoch_length >= max_samples:
-        if max_samples == 1:
-            return {0: [0]}
-        return {round(j * (epoch_length - 1) / (max_samples - 1)): [0] for j in range(max_samples)}
+        return {iteration: 1 for iteration in spread(max_samples, epoch_length)}
     per_iteration = -(-max_samples // epoch_length)
-    return {i: list(range(per_iteration)) for i in range(epoch_length)}
+    return {iteration: per_iteration for iteration in range(epoch_length)}
+
+
+def _batch_size(output: Any, rows: Sequence[Sequence[str]]) -> int:
+    """Samples in an engine output (a decollated list or a dict of batched images)."""
+    if isinstance(output, list):
+        return len(output)
+    batches = (_batch_of(output, key) for keys in rows for key in keys)
+    return next((batch.shape[0] for batch in batches if batch is not None), 0)
 
 
 def save_grid_png(grid: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str = "",
@@ -162,7 +176,8 @@ class TranslationGridHandler:
         log_dir: folder of a SummaryWriter created by the handler.
         tag: TensorBoard image tag.
         filename_prefix: PNG file name prefix.
-        max_samples: rows per row kind, each from another part of the epoch (:func:`grid_iterations`).
+        max_samples: rows per row kind, each from another part of the epoch (:func:`grid_iterations`,
+            :func:`spread`).
         rows: keys of each row kind (default: the engine's ``grid_rows``, else :data:`DEFAULT_ROWS`).
         column_titles: titles of the columns (default: the engine's ``grid_columns``, else
             :data:`COLUMN_TITLES`).
@@ -243,7 +258,9 @@ class TranslationGridHandler:
         position = (engine.state.iteration - 1) % epoch_length
         samples = grid_iterations(epoch_length, self.max_samples).get(position)
         if samples:
-            self._planes.extend(_row_planes(engine.state.output, self.rows, samples))
+            output = engine.state.output
+            # Several samples of one batch: spread over it, not its first (neighbouring) ones.
+            self._planes.extend(_row_planes(output, self.rows, spread(samples, _batch_size(output, self.rows))))
 
     def __call__(self, engine: Engine) -> None:
         """Write the grid of the rows collected over the epoch if the epoch is a multiple of the interval."""

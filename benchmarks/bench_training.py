@@ -1,14 +1,20 @@
-"""Benchmark of CycleGAN training iterations: the engine against the reference update rule.
+"""Benchmark of GAN training iterations: the engines against the reference update rules.
 
 Times full CycleGAN iterations (both generators, both discriminators, identity loss, image pools,
 Adam) at 256x256, batch 1, with the ResNet-9 and U-Net-256 generators and the 70x70 PatchGAN of
-``modality_translation.networks``:
+``modality_translation.networks`` (``--generators resnet9 unet256``), and full pix2pix iterations
+(``--generators pix2pix``: the U-Net-256 generator with dropout 0.5, the conditional 70x70 PatchGAN
+on the two-channel (source, image) pair, BCE + 100 x L1, Adam):
 
-- ``reference``: the update of the reference implementation (Zhu et al.'s ``CycleGANModel.optimize_parameters``:
-  six separate generator calls, discriminators frozen during the generator step, real and fake
-  discriminator passes separate), float32, written out here in plain PyTorch on the same networks;
-- ``engine``: :class:`modality_translation.engines.CycleGANTrainer` (float32, batched calls where the
-  networks allow it);
+- ``reference``: the update of the reference implementation, float32, written out here in plain
+  PyTorch on the same networks: Zhu et al.'s ``CycleGANModel.optimize_parameters`` (six separate
+  generator calls, discriminators frozen during the generator step, real and fake discriminator
+  passes separate) or Isola et al.'s ``Pix2PixModel.optimize_parameters`` (one generator pass; the
+  discriminator updated first on the detached generated pair and the real pair in separate calls,
+  then the generator against the updated, frozen discriminator);
+- ``engine``: :class:`modality_translation.engines.CycleGANTrainer` or
+  :class:`modality_translation.engines.Pix2PixTrainer` (float32, batched calls where the networks
+  allow it);
 - ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout;
   ``engine-bf16-compile`` compiles the networks (``compile_networks``): its compilation happens in the
   warm-up iterations, whose times are recorded separately (``warmup_seconds``).
@@ -23,7 +29,7 @@ timed iterations is reported, with the load average. On CUDA
 (when available) batch 1 and 16 are timed too. Results go to the ``--output`` JSON file.
 
     python benchmarks/bench_training.py --output benchmarks/results/training.json
-        [--threads 1 2] [--generators resnet9 unet256] [--variants reference engine engine-bf16 engine-bf16-cl]
+        [--threads 1 2] [--generators resnet9 unet256 pix2pix] [--variants reference engine engine-bf16 engine-bf16-cl]
         [--iterations 2] [--warmup 1] [--rounds 2] [--device cpu cuda]
 """
 
@@ -45,6 +51,8 @@ if str(REPOSITORY) not in sys.path:
 
 #: Seconds per iteration of the reference implementation measured on the 2-core development machine.
 REFERENCE_SECONDS_2CORE = {"resnet9": 5.2, "unet256": 1.45}
+#: Generators of the CycleGAN benchmark, and the pix2pix model.
+MODELS = ("resnet9", "unet256", "pix2pix")
 VARIANTS = ("reference", "engine", "engine-bf16", "engine-bf16-cl", "engine-bf16-compile")
 SIZE = 256
 
@@ -57,6 +65,16 @@ def build_networks(generator: str):
     torch.manual_seed(0)
     make = {"resnet9": lambda: ResNetGenerator(num_blocks=9), "unet256": lambda: UNetGenerator()}[generator]
     return make(), make(), PatchGANDiscriminator(), PatchGANDiscriminator()
+
+
+def build_pix2pix_networks():
+    """The pix2pix bundle's networks at 256x256: U-Net-256 with dropout 0.5, conditional 70x70 PatchGAN."""
+    import torch
+
+    from modality_translation.networks import PatchGANDiscriminator, UNetGenerator
+
+    torch.manual_seed(0)
+    return UNetGenerator(dropout=0.5), PatchGANDiscriminator(in_channels=2)
 
 
 def l1_loss(a, b):
@@ -96,18 +114,43 @@ def reference_iteration(nets, optimizers, pools, criterion, real_a, real_b, lamb
     optimizer_d.step()
 
 
+def pix2pix_reference_iteration(nets, optimizers, criterion, real_a, real_b, lambda_l1=100.0):
+    """One iteration of the reference pix2pix update rule (float32): D first, then G against the updated D."""
+    import torch
+
+    generator, discriminator = nets
+    optimizer_g, optimizer_d = optimizers
+    fake_b = generator(real_a)
+    for p in discriminator.parameters():
+        p.requires_grad_(True)
+    optimizer_d.zero_grad()
+    fake_ab = torch.cat([real_a, fake_b], dim=1)
+    loss_d = 0.5 * criterion.discriminator_loss(discriminator(torch.cat([real_a, real_b], dim=1)),
+                                                discriminator(fake_ab.detach()))
+    loss_d.backward()
+    optimizer_d.step()
+    for p in discriminator.parameters():
+        p.requires_grad_(False)
+    optimizer_g.zero_grad()
+    loss_g = criterion.generator_loss(discriminator(fake_ab)) + lambda_l1 * l1_loss(fake_b, real_b)
+    loss_g.backward()
+    optimizer_g.step()
+
+
 def time_configuration(generator: str, variant: str, threads: int, device: str, batch_size: int,
                        iterations: int, warmup: int) -> dict:
     """Time ``iterations`` iterations after ``warmup`` ones; runs in the calling process."""
     import torch
     from ignite.engine import Events
 
-    from modality_translation.engines import CycleGANTrainer, ImagePool, adam_optimizer
+    from modality_translation.engines import CycleGANTrainer, ImagePool, Pix2PixTrainer, adam_optimizer
     from modality_translation.losses import AdversarialLoss
 
     torch.set_num_threads(threads)
-    nets = [net.to(device) for net in build_networks(generator)]
-    g_optimizer, d_optimizer = adam_optimizer(nets[:2]), adam_optimizer(nets[2:])
+    pix2pix = generator == "pix2pix"
+    nets = [net.to(device) for net in (build_pix2pix_networks() if pix2pix else build_networks(generator))]
+    half = len(nets) // 2
+    g_optimizer, d_optimizer = adam_optimizer(nets[:half]), adam_optimizer(nets[half:])
     generator_rng = torch.Generator().manual_seed(1)
     batches = [
         {key: torch.rand(batch_size, 1, SIZE, SIZE, generator=generator_rng) * 2 - 1 for key in ("A", "B")}
@@ -122,26 +165,40 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
             torch.cuda.synchronize()
 
     if variant == "reference":
-        criterion = AdversarialLoss("least_squares")
-        pools = (ImagePool(50), ImagePool(50))
+        if pix2pix:
+            criterion = AdversarialLoss("bce")
+
+            def step(a, b):
+                pix2pix_reference_iteration(nets, (g_optimizer, d_optimizer), criterion, a, b)
+        else:
+            criterion = AdversarialLoss("least_squares")
+            pools = (ImagePool(50), ImagePool(50))
+
+            def step(a, b):
+                reference_iteration(nets, (g_optimizer, d_optimizer), pools, criterion, a, b)
+
         for i in range(total):
             batch = batches[i % len(batches)]
             synchronize()
             start, cpu_start = time.perf_counter(), time.process_time()
-            reference_iteration(nets, (g_optimizer, d_optimizer), pools, criterion,
-                                batch["A"].to(device), batch["B"].to(device))
+            step(batch["A"].to(device), batch["B"].to(device))
             synchronize()
             durations.append(time.perf_counter() - start)
             cpu_durations.append(time.process_time() - cpu_start)
     else:
         loader = [batches[i % len(batches)] for i in range(total)]
-        trainer = CycleGANTrainer(
-            device, 1, loader, *nets, g_optimizer, d_optimizer,
-            adversarial_loss=AdversarialLoss("least_squares", discriminator_scale=0.5),
+        engine_options = dict(
             amp=variant.startswith("engine-bf16"), amp_dtype="bfloat16",
             channels_last=variant.endswith("-cl"), compile_networks=variant.endswith("-compile"),
             epoch_length=total,
         )
+        if pix2pix:
+            trainer = Pix2PixTrainer(device, 1, loader, *nets, g_optimizer, d_optimizer,
+                                     adversarial_loss=AdversarialLoss("bce", discriminator_scale=0.5), **engine_options)
+        else:
+            trainer = CycleGANTrainer(device, 1, loader, *nets, g_optimizer, d_optimizer,
+                                      adversarial_loss=AdversarialLoss("least_squares", discriminator_scale=0.5),
+                                      **engine_options)
         starts: list[tuple[float, float]] = []
 
         def started(_):
@@ -225,7 +282,7 @@ def summarise(results: list[dict]) -> list[dict]:
             row["speedup_vs_reference_cpu_time"] = (
                 reference[key]["cpu_seconds_per_iteration"] / r["cpu_seconds_per_iteration"]
             )
-        if r["device"] == "cpu" and r["batch_size"] == 1:
+        if r["device"] == "cpu" and r["batch_size"] == 1 and r["generator"] in REFERENCE_SECONDS_2CORE:
             figure = REFERENCE_SECONDS_2CORE[r["generator"]]
             row["speedup_vs_reference_2core_figure_wall"] = figure / r["seconds_per_iteration"]
             if r["threads"] == 1:
@@ -239,7 +296,8 @@ def summarise(results: list[dict]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, help="JSON file of the results")
-    parser.add_argument("--generators", nargs="+", default=["resnet9", "unet256"], choices=["resnet9", "unet256"])
+    parser.add_argument("--generators", nargs="+", default=["resnet9", "unet256"], choices=MODELS,
+                        help="CycleGAN generators (resnet9, unet256) and/or pix2pix (its U-Net-256 and conditional PatchGAN)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:3]), choices=VARIANTS)
     # One thread by default: on a shared 2-core machine a second thread mostly waits for a busy core.
     parser.add_argument("--threads", nargs="+", type=int, default=[1])
@@ -288,7 +346,8 @@ def main() -> None:
     from preprocessing.atomic import atomic_write_json
 
     report = {
-        "benchmark": "CycleGAN training iteration, 256x256, identity loss on, pools of 50, Adam",
+        "benchmark": "training iteration, 256x256, batch 1 on CPU, Adam; CycleGAN: identity loss on, pools of 50; "
+                     "pix2pix: BCE + 100 x L1, conditional PatchGAN",
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),

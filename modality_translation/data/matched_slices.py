@@ -67,23 +67,63 @@ def _read_image(path: Path, what: str) -> sitk.Image:
         raise InputReadError(path, f"cannot read the {what}: {error}") from error
 
 
+def _grid_difference(shape: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
+                     direction: Sequence[float], recorded: SliceGeometry) -> str | None:
+    """How a volume grid differs from the one a slice was cut from (``None``: the same grid)."""
+    if tuple(shape) != tuple(recorded.volume_shape):
+        return f"volume shape {tuple(shape)} differs from the shape {tuple(recorded.volume_shape)}"
+    for name, value, expected in (
+        ("spacing", spacing, recorded.spacing),
+        ("origin", origin, recorded.origin),
+        ("direction", direction, recorded.direction),
+    ):
+        if not np.allclose(value, expected, atol=_GRID_TOLERANCE_MM):
+            return f"volume {name} {np.round(value, 4).tolist()} differs from {np.round(expected, 4).tolist()}"
+    return None
+
+
 def _check_grid(image: sitk.Image, path: Path, geometry: SliceGeometry, index_path: Path) -> None:
     """Raise unless ``image`` lies on the grid the slices of ``index_path`` were cut from."""
-    shape = tuple(reversed(image.GetSize()))
-    if shape != tuple(geometry.volume_shape):
-        raise GeometryError(
-            path, f"volume shape {shape} differs from the shape {tuple(geometry.volume_shape)} the slices of "
-            f"{index_path} were cut from"
-        )
-    for name, value, recorded in (
-        ("spacing", image.GetSpacing(), geometry.spacing),
-        ("origin", image.GetOrigin(), geometry.origin),
-        ("direction", image.GetDirection(), geometry.direction),
-    ):
-        if not np.allclose(value, recorded, atol=_GRID_TOLERANCE_MM):
+    difference = _grid_difference(tuple(reversed(image.GetSize())), image.GetSpacing(), image.GetOrigin(),
+                                  image.GetDirection(), geometry)
+    if difference is not None:
+        raise GeometryError(path, f"{difference} recorded in {index_path}: the target must lie on the source's grid")
+
+
+def check_paired_slices(source_index: str | os.PathLike, target_index: str | os.PathLike,
+                        source_files: Sequence[str], target_files: Sequence[str], subject: str) -> None:
+    """Raise unless each pair of slices was cut at the same place of volumes on the same grid.
+
+    A pix2pix pair (the T1 slice and the slice of the T2 registered onto that T1) shows the same
+    anatomy only if both volumes share one grid and both slices have the same index, neighbours and
+    size; the slice indexes the preprocessing wrote beside the slices record all of that.
+
+    Args:
+        source_index: ``<source>_slice_index`` file of the subject.
+        target_index: ``<target>_slice_index`` file of the subject.
+        source_files: the subject's source slices, in pair order.
+        target_files: the paired target slices.
+        subject: the subject, for the message.
+
+    Raises:
+        GeometryError: naming the target index, the slice and the difference.
+        DatalistError: a slice missing from its index.
+        InputReadError: an unreadable index.
+    """
+    source_index, target_index = Path(source_index), Path(target_index)
+    sources = _source_geometries(source_index, source_files, subject)
+    targets = _source_geometries(target_index, target_files, subject)
+    for file, source, target in zip(target_files, sources, targets):
+        difference = _grid_difference(target.volume_shape, target.spacing, target.origin, target.direction, source)
+        if difference is None:
+            for name in ("axis", "index", "neighbours", "output_shape"):
+                if getattr(source, name) != getattr(target, name):
+                    difference = f"slice {name} {getattr(target, name)} differs from {getattr(source, name)}"
+                    break
+        if difference is not None:
             raise GeometryError(
-                path, f"volume {name} {np.round(value, 4).tolist()} differs from {np.round(recorded, 4).tolist()} "
-                f"recorded in {index_path}: the target must lie on the source's grid"
+                target_index, f"slice {Path(file).name} of subject {subject!r}: {difference} of its paired source "
+                f"slice (recorded in {source_index}); a pair must be cut at the same place of one grid"
             )
 
 

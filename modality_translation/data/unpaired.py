@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from modality_translation.data.datalist import (
     pair_slices,
     slices_key,
 )
+from modality_translation.data.matched_slices import check_paired_slices, slice_index_key
 from modality_translation.data.transforms import (
     CYCLEGAN_JITTER_SCALE,
     translation_eval_transforms,
@@ -143,12 +145,16 @@ class PairedDataset(EpochSeededDataset):
         dataset: a MONAI dataset whose transform treats both keys of a pair together.
         seed: base seed of the augmentations.
         keys: keys kept in the output (``None``: the whole item).
+        centre_channel_keys: keys whose images keep only their centre channel after augmentation
+            (a 2.5D target: the generator predicts the centre slice of its input's channels).
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0, keys: Sequence[str] | None = ("A", "B")) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, keys: Sequence[str] | None = ("A", "B"),
+                 centre_channel_keys: Sequence[str] = ()) -> None:
         super().__init__(seed)
         self.dataset = dataset
         self.keys = None if keys is None else tuple(keys)
+        self.centre_channel_keys = tuple(centre_channel_keys)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -158,7 +164,11 @@ class PairedDataset(EpochSeededDataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index %= len(self)
         item = fetch_seeded(self.dataset, index, _seeds(self.sample_rng(index), 1)[0])
-        return item if self.keys is None else {key: item[key] for key in self.keys}
+        item = dict(item) if self.keys is None else {key: item[key] for key in self.keys}
+        for key in self.centre_channel_keys:
+            centre = item[key].shape[0] // 2
+            item[key] = item[key][centre: centre + 1]
+        return item
 
 
 def _slice_dataset(
@@ -253,6 +263,8 @@ def paired_slice_dataset(
     seed: int = 0,
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
+    target_centre_channel: bool = False,
+    check_grid: bool | None = None,
 ) -> PairedDataset:
     """Paired slices of one split: pix2pix training (``train=True``) or validation against a paired truth.
 
@@ -268,12 +280,21 @@ def paired_slice_dataset(
         seed: base seed of the augmentations.
         cache_rate: fraction of the pairs cached in memory.
         num_workers: threads filling the cache.
+        target_centre_channel: return only the centre channel of 2.5D targets (pix2pix training:
+            ``2N + 1`` source channels in, the centre target slice out), after the shared augmentation.
+        check_grid: check before any loading that every pair was cut at the same place of one grid
+            (:func:`~modality_translation.data.matched_slices.check_paired_slices`, from the
+            ``<source>_slice_index`` and ``<target>_slice_index`` files the preprocessing writes):
+            ``True`` requires both indexes, ``None`` checks when both are listed, ``False`` never.
 
     Returns:
-        A :class:`PairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
+        A :class:`PairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}`` (``B``: ``(1, H, W)`` with
+        ``target_centre_channel``).
 
     Raises:
-        DatalistError: from the datalist checks, or if the two slice lists of a subject differ in length.
+        DatalistError: from the datalist checks, if the two slice lists of a subject differ in length,
+            or (``check_grid=True``) a subject without a slice index.
+        GeometryError: a pair cut from different grids or at different places.
     """
     # The target's own slices are checked with the source's; another key (a truth) is checked below.
     items = _items(datalist, split, (source,) if target_key else (source, target), slice_channels)
@@ -283,6 +304,25 @@ def paired_slice_dataset(
     for record in records:
         if not os.path.isfile(record["B"]):
             raise DatalistError(record["B"], f"{target_key} file of subject {record['subject']!r} does not exist")
+    if check_grid is not False:
+        base = Path(datalist).resolve().parent if isinstance(datalist, (str, os.PathLike)) else None
+        _check_pair_grids(items, source, target, target_key, base, required=bool(check_grid))
     dataset = _slice_dataset(records, keys, train, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels,
                              cache_rate, num_workers)
-    return PairedDataset(dataset, seed=seed, keys=keys)
+    return PairedDataset(dataset, seed=seed, keys=keys, centre_channel_keys=("B",) if target_centre_channel else ())
+
+
+def _check_pair_grids(items: Items, source: str, target: str, target_key: str, base: Path | None, required: bool) -> None:
+    """Check every subject's pairs with the slice indexes (listed relative to the datalist's folder)."""
+    index_keys = (slice_index_key(source), slice_index_key(target))
+    for item in items:
+        subject = item.get("subject")
+        if not all(isinstance(item.get(key), str) for key in index_keys):
+            if required:
+                missing = [key for key in index_keys if not isinstance(item.get(key), str)]
+                raise DatalistError(base, f"subject {subject!r} has no {missing} to check its pairs' grids with")
+            continue
+        source_index, target_index = (
+            Path(item[key]) if base is None or Path(item[key]).is_absolute() else base / item[key] for key in index_keys
+        )
+        check_paired_slices(source_index, target_index, item[slices_key(source)], item[target_key], subject)

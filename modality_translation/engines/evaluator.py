@@ -26,7 +26,7 @@ from monai.metrics import SSIMMetric
 from monai.utils.enums import CommonKeys
 from torch import nn
 
-from modality_translation.engines.cyclegan_trainer import UnpairedBatch, resolve_amp_dtype
+from modality_translation.engines.gan_trainer import SourceTargetBatch, resolve_amp_dtype
 
 #: Intensity span of images in [-1, 1], for SSIM and PSNR.
 UNIT_RANGE_SPAN = 2.0
@@ -73,7 +73,7 @@ class TranslationEvaluator(Evaluator):
         amp_dtype: ``"float16"`` or ``"bfloat16"``; default float16 on CUDA, bfloat16 on CPU.
         epoch_length: iterations per validation (default: the loader's length).
         non_blocking: non-blocking host-to-device copies.
-        prepare_batch: default :class:`~modality_translation.engines.cyclegan_trainer.UnpairedBatch`.
+        prepare_batch: default :class:`~modality_translation.engines.gan_trainer.SourceTargetBatch`.
         postprocessing: MONAI post-transforms of the output.
         metric_cmp_fn: comparison of key metric values (higher SSIM is better).
         decollate: decollate the output into per-sample dicts.
@@ -112,7 +112,7 @@ class TranslationEvaluator(Evaluator):
             val_data_loader=val_data_loader,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
-            prepare_batch=prepare_batch or UnpairedBatch(source_key, target_key),
+            prepare_batch=prepare_batch or SourceTargetBatch(source_key, target_key),
             postprocessing=postprocessing,
             key_val_metric=key_val_metric or None,
             additional_metrics=additional_metrics,
@@ -134,7 +134,7 @@ class TranslationEvaluator(Evaluator):
     def _iteration(self, engine: TranslationEvaluator, batchdata: dict) -> dict[str, Any]:
         """Translate one batch; output ``image`` (source), ``pred`` (translation), ``label`` (truth, if any).
 
-        The output also names the images as the trainer does: ``real_A``, ``fake_B``, ``rec_A``.
+        The output also names the images as the trainers do: ``real_A``, ``fake_B``, ``rec_A``, ``real_B`` (the truth).
 
         Raises:
             ValueError: when ``batchdata`` is None.
@@ -144,7 +144,8 @@ class TranslationEvaluator(Evaluator):
         source, truth = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         output: dict[str, Any] = {CommonKeys.IMAGE: source, "real_A": source}
         if truth is not None:
-            output[CommonKeys.LABEL] = truth
+            # ``real_B`` stays on the network scale for image grids; post-transforms may shift ``label``.
+            output[CommonKeys.LABEL] = output["real_B"] = truth
         engine.state.output = output
         autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
         with engine.mode(*engine.networks), torch.inference_mode(), autocast:

@@ -18,6 +18,8 @@ import torch
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 from monai.bundle import run as run_in_process
 
+from modality_translation.engines.checkpoint import checkpoint_path
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = REPO_ROOT / "bundles"
@@ -253,3 +255,19 @@ def assert_same_training_state(first: Path, second: Path) -> None:
             assert x == y, f"{where}: {x!r} != {y!r}"
 
     compare(a, b, "checkpoint")
+
+
+def assert_killed_training_resumes_exactly(config_file: str, dataset: Path, folder: Path, uninterrupted: Path,
+                                           *extra: str) -> None:
+    """Kill a two-epoch tiny training into ``folder`` as soon as its first checkpoint exists, run the same
+    command again, and check that it continued at epoch 2 and ended in exactly the state of the
+    uninterrupted run in ``uninterrupted`` (weights, optimiser moments, schedules, pools, RNG, epoch, iteration)."""
+    first_checkpoint = checkpoint_path(folder / "models", 1)
+    args = training_args(config_file, dataset, folder, *extra)
+    assert kill_after_file(bundle_command("run", *args), first_checkpoint) == -9
+    assert not checkpoint_path(folder / "models", 2).exists()
+    # The same command again: it continues from epoch 1 (the default --resume true) instead of restarting.
+    log = run_bundle("run", *args).stdout
+    assert f"Restored all variables from {first_checkpoint}" in log
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(folder / "models", 2))

@@ -18,13 +18,11 @@ from tests.bundles.helpers import (
     TINY_NETWORKS,
     TINY_TRAINING,
     absolute_datalist_copy,
+    assert_killed_training_resumes_exactly,
     assert_predictions_on_source_grids,
-    assert_same_training_state,
-    bundle_command,
     export_tiny_generator,
     fail_before_training,
     infer,
-    kill_after_file,
     load_generators,
     read_metrics,
     root_cause,
@@ -32,7 +30,6 @@ from tests.bundles.helpers import (
     split_items,
     train,
     train_with_two_processes,
-    training_args,
     verify_metadata_and_network_shapes,
 )
 
@@ -78,14 +75,8 @@ def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained)
 
 
 def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, vgg19_weights, trained, tmp_path):
-    uninterrupted, _ = trained
-    first_checkpoint = checkpoint_path(tmp_path / "models", 1)
-    args = training_args(TRAIN_CONFIG, demo_dataset, tmp_path, *weights_and_grids(vgg19_weights))
-    status = kill_after_file(bundle_command("run", *args), first_checkpoint)
-    assert status == -9 and not checkpoint_path(tmp_path / "models", 2).exists()
-    log = run_bundle("run", *args).stdout
-    assert f"Restored all variables from {first_checkpoint}" in log and "Epoch[1] Complete" not in log
-    assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(tmp_path / "models", 2))
+    assert_killed_training_resumes_exactly(TRAIN_CONFIG, demo_dataset, tmp_path, trained[0],
+                                           *weights_and_grids(vgg19_weights))
 
 
 def test_multi_process_training_with_distributed_data_parallel(demo_dataset, vgg19_weights, tmp_path):

@@ -15,13 +15,11 @@ from tests.bundles.helpers import (
     REPO_ROOT,
     TINY_TRAINING,
     absolute_datalist_copy,
+    assert_killed_training_resumes_exactly,
     assert_predictions_on_source_grids,
-    assert_same_training_state,
-    bundle_command,
     export_tiny_generator,
     fail_before_training,
     infer,
-    kill_after_file,
     load_generators,
     read_metrics,
     root_cause,
@@ -29,7 +27,6 @@ from tests.bundles.helpers import (
     split_items,
     train,
     train_with_two_processes,
-    training_args,
     verify_metadata_and_network_shapes,
 )
 
@@ -62,20 +59,7 @@ def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained)
 
 
 def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, trained, tmp_path):
-    uninterrupted, _ = trained
-    first_checkpoint = checkpoint_path(tmp_path / "models", 1)
-    args = training_args(TRAIN_CONFIG, demo_dataset, tmp_path)
-    status = kill_after_file(bundle_command("run", *args), first_checkpoint)
-    assert status == -9
-    assert not checkpoint_path(tmp_path / "models", 2).exists()
-
-    # The same command again: it continues from epoch 1 (the default --resume true) instead of restarting.
-    log = run_bundle("run", *args).stdout
-    assert f"Restored all variables from {first_checkpoint}" in log
-    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
-    # Exactly the state of the run that was never interrupted: weights, Adam moments and steps,
-    # LR schedules, image pools, random generators, epoch and iteration.
-    assert_same_training_state(checkpoint_path(uninterrupted / "models", 2), checkpoint_path(tmp_path / "models", 2))
+    assert_killed_training_resumes_exactly(TRAIN_CONFIG, demo_dataset, tmp_path, trained[0])
 
 
 def test_multi_process_training_with_distributed_data_parallel(demo_dataset, tmp_path):

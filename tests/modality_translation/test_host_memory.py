@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modality_translation.engines import CycleGANTrainer, adam_optimizer
-import modality_translation.engines.cyclegan_trainer as cyclegan_trainer
+import modality_translation.engines.gan_trainer as gan_trainer
 
 # Allocates and frees a 64 MiB tensor again and again and counts the minor page faults of each
 # round, before and after retain_freed_host_memory(), in a fresh process (the setting is
@@ -57,7 +57,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 def _trainer(monkeypatch, device: str, **options) -> list[bool]:
     calls: list[bool] = []
-    monkeypatch.setattr(cyclegan_trainer, "retain_freed_host_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(gan_trainer, "retain_freed_host_memory", lambda: calls.append(True) or True)
     nets = [torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(4)]
     CycleGANTrainer(device, 1, [], *nets, adam_optimizer(nets[:2]), adam_optimizer(nets[2:]), epoch_length=1, **options)
     return calls

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,8 @@ from modality_translation.data import (
     paired_slice_dataset,
     unpaired_slice_dataset,
 )
+from preprocessing.errors import GeometryError
+from preprocessing.slices import SliceGeometry
 from tests.modality_translation.data.cohort import SIZE, edit_datalist, write_cohort
 
 
@@ -128,3 +133,59 @@ def test_paired_dataset_seeding():
     dataset = PairedDataset(records, seed=0)
     assert set(dataset[1]) == {"A", "B"} and int(dataset[1]["A"][0, 0, 0]) == 1
     assert set(PairedDataset(records, keys=None)[0]) == {"A", "B", "x"}
+
+
+def test_2_5d_pair_shares_crop_and_flip_and_keeps_the_centre_target_channel(tmp_path):
+    path = write_cohort(tmp_path, channels=3)
+    dataset = paired_slice_dataset(path, "t1", "t2", split="training", train=True, crop_size=(24, 24),
+                                   jitter_scale=1.25, slice_channels=3, target_centre_channel=True, seed=4)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample["A"].shape == (3, 24, 24) and sample["B"].shape == (1, 24, 24)
+        # Channel c of a slice is offset by c / 100 and the T2 by 0.03: B is the T1's centre channel + 0.03.
+        torch.testing.assert_close(sample["B"][0] - sample["A"][1], torch.full((24, 24), 0.03), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sample["A"][2] - sample["A"][0], torch.full((24, 24), 0.02), atol=1e-5, rtol=0)
+
+
+def _write_slice_indexes(path, geometry_of):
+    """Slice indexes beside each subject's t1 and t2 slices; ``geometry_of(modality, position)`` gives the geometry."""
+    def add(content):
+        for items in (content[split] for split in ("training", "validation", "test")):
+            for item in items:
+                for modality in ("t1", "t2"):
+                    index = {"slices": [{"file": Path(f).name, "geometry": geometry_of(modality, p).to_dict()}
+                                        for p, f in enumerate(item[f"{modality}_slices"])]}
+                    relative = f"{item['subject']}/slices/{modality}/index.json"
+                    (path.parent / relative).write_text(json.dumps(index))
+                    item[f"{modality}_slice_index"] = relative
+
+    edit_datalist(path, add)
+
+
+def _geometry(index, spacing=(1.0, 1.0, 1.0)):
+    return SliceGeometry(axis=0, index=index, plane="axial", neighbours=0, original_shape=(32, 32),
+                         padding=((0, 0), (0, 0)), output_shape=(32, 32), scale=(1.0, 1.0), volume_shape=(10, 32, 32),
+                         spacing=spacing)
+
+
+def test_pairs_on_one_grid_pass_and_pairs_on_different_grids_fail_before_loading(tmp_path):
+    path = write_cohort(tmp_path)
+    with pytest.raises(DatalistError, match=r"has no \['t1_slice_index', 't2_slice_index'\]"):
+        paired_slice_dataset(path, "t1", "t2", split="training", check_grid=True)
+    _write_slice_indexes(path, lambda modality, position: _geometry(position + 3))
+    assert len(paired_slice_dataset(path, "t1", "t2", split="training", check_grid=True)) == 6
+
+    _write_slice_indexes(path, lambda modality, position: _geometry(position + 3, (1.0, 1.0, 2.0 if modality == "t2" else 1.0)))
+    with pytest.raises(GeometryError, match=r"sub-001.*volume spacing \[1.0, 1.0, 2.0\] differs"):
+        paired_slice_dataset(path, "t1", "t2", split="training")
+    _write_slice_indexes(path, lambda modality, position: _geometry(position + (4 if modality == "t2" else 3)))
+    with pytest.raises(GeometryError, match="slice index 4 differs from 3"):
+        paired_slice_dataset(path, "t1", "t2", split="training")
+    # Unchecked on request (e.g. a truth cut elsewhere on purpose).
+    assert len(paired_slice_dataset(path, "t1", "t2", split="training", check_grid=False)) == 6
+
+
+def test_datalist_without_the_pair_key_fails_naming_it(tmp_path):
+    path = write_cohort(tmp_path, modalities=("t1", "t2"))
+    with pytest.raises(DatalistError, match="has no 't2_in_t1_slices'"):
+        paired_slice_dataset(path, "t1", "t2_in_t1", split="training")

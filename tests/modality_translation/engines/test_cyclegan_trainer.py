@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modality_translation.engines import IMAGE_KEYS, CycleGANTrainer, adam_optimizer, losses_from_output
-from modality_translation.engines.cyclegan_trainer import compile_in_place
+from modality_translation.engines.gan_trainer import compile_in_place
 from modality_translation.losses import CycleConsistencyLoss
 from tests.modality_translation.engines.toy import (
     blob_images,
@@ -272,3 +272,12 @@ def test_dataset_is_told_the_epoch():
     dataset = Recording()
     make_trainer(max_epochs=3, loader=DataLoader(dataset, batch_size=2)).run()
     assert dataset.epochs == [1, 2, 3]
+
+
+def test_checkpoint_entries_keep_their_names_on_the_trainer_base():
+    """Checkpoints written before the trainer base load unchanged: the same entry names."""
+    assert list(make_trainer().checkpoint_objects()) == [
+        "g_ab", "g_ba", "d_a", "d_b", "g_optimizer", "d_optimizer", "pool_a", "pool_b"]
+    half = make_trainer(amp=True, amp_dtype="float16")
+    assert list(half.checkpoint_objects())[-2:] == ["g_scaler", "d_scaler"]
+    assert half.checkpoint_objects()["g_scaler"] is half.g_scaler

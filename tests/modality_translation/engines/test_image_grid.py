@@ -4,7 +4,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from modality_translation.engines import IMAGE_KEYS, TranslationGridHandler, translation_grid
+from torch import nn
+from torch.utils.data import DataLoader
+
+from modality_translation.engines import IMAGE_KEYS, TranslationEvaluator, TranslationGridHandler, translation_grid
+from modality_translation.engines import image_grid
+from modality_translation.engines.image_grid import grid_iterations, spread
 from tests.modality_translation.engines.toy import make_trainer, unpaired_loader
 
 
@@ -62,3 +67,68 @@ def test_handler_needs_an_output_and_valid_interval():
         TranslationGridHandler()
     with pytest.raises(ValueError, match="interval"):
         TranslationGridHandler(output_dir="x", interval=0)
+
+
+def captured_grids(monkeypatch) -> list:
+    """The grid arrays the handlers write from now on, in order (the PNG files are still written)."""
+    grids = []
+    original = image_grid.save_grid_png
+    monkeypatch.setattr(image_grid, "save_grid_png",
+                        lambda grid, labels, path, **kwargs: grids.append(grid) or original(grid, labels, path, **kwargs))
+    return grids
+
+
+@pytest.mark.parametrize("epoch_length, max_samples, expected", [
+    (10, 4, {0: 1, 3: 1, 6: 1, 9: 1}),
+    (1, 4, {0: 4}),
+    (3, 4, {0: 2, 1: 2, 2: 2}),
+    (5, 1, {0: 1}),
+])
+def test_grid_iterations_spread_over_the_epoch(epoch_length, max_samples, expected):
+    assert grid_iterations(epoch_length, max_samples) == expected
+
+
+def test_samples_of_one_batch_are_spread_over_it():
+    assert spread(2, 8) == [0, 7] and spread(3, 8) == [0, 4, 7] and spread(4, 3) == [0, 1, 2] and spread(1, 8) == [0]
+
+
+def test_short_epoch_takes_rows_from_both_ends_of_each_batch(tmp_path, monkeypatch):
+    """One subject of 16 neighbouring slices in 2 batches of 8 and 4 rows: slices 0, 7, 8, 15, not 0, 1, 8, 9."""
+    items = [{"A": torch.full((1, 4, 4), i / 20 - 0.5), "B": torch.zeros(1, 4, 4)} for i in range(16)]
+    evaluator = TranslationEvaluator("cpu", DataLoader(items, batch_size=8, shuffle=False), nn.Identity(),
+                                     key_val_metric={})
+    TranslationGridHandler(output_dir=tmp_path, max_samples=4, rows=(("real_A", "fake_B"),)).attach(evaluator)
+    grids = captured_grids(monkeypatch)
+    evaluator.run()
+    shown = [round(((grids[0][r, 0, 0, 0] * 2 - 1) + 0.5) * 20) for r in range(4)]
+    assert shown == [0, 7, 8, 15]
+
+
+def test_validation_grid_rows_show_different_subjects_not_the_last_batch(tmp_path, monkeypatch):
+    """An ordered validation loader: 3 subjects of 4 neighbouring slices, batches of 2 (the last batch is
+    two slices of the last subject). Each row must come from another part of the epoch."""
+    subjects, slices = 3, 4
+    # Image value = subject + slice / 10, scaled into [-1, 1]: the row's value tells where it came from.
+    values = [(s + i / 10) / 4 - 0.9 for s in range(subjects) for i in range(slices)]
+    items = [{"A": torch.full((1, 8, 8), v), "B": torch.full((1, 8, 8), v)} for v in values]
+    evaluator = TranslationEvaluator("cpu", DataLoader(items, batch_size=2, shuffle=False), nn.Identity(),
+                                     key_val_metric={})
+    handler = TranslationGridHandler(output_dir=tmp_path, max_samples=3, rows=(("real_A", "fake_B"),),
+                                     column_titles=("input", "translated"))
+    handler.attach(evaluator)
+    grids = captured_grids(monkeypatch)
+    evaluator.run()
+    grid = grids[0]
+    assert grid.shape == (3, 2, 8, 8)
+    shown = [round(((grid[r, 0, 0, 0] * 2 - 1) + 0.9) * 4, 3) for r in range(3)]
+    # Iterations 1, 3 and 6 of 6 (first samples): subject 0 slice 0, subject 1 slice 0, subject 2 slice 2.
+    assert shown == [0.0, 1.0, 2.2]
+    assert len({int(v) for v in shown}) == 3, "every row must show another subject"
+    assert (tmp_path / "translation_epoch=1.png").is_file()
+
+
+def test_trainer_declares_its_grid_rows_and_columns(tmp_path):
+    trainer = make_trainer(max_epochs=1, loader=unpaired_loader(count=4, batch_size=2))
+    handler = TranslationGridHandler(output_dir=tmp_path)
+    handler.attach(trainer)
+    assert handler.rows == trainer.grid_rows and handler.column_titles == ("input", "translated", "cycle-reconstructed")

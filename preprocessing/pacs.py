@@ -258,7 +258,9 @@ def _pull_study(client, root: Path, patient: str, uid: str) -> dict[str, Any]:
     final = root / "raw" / "ct" / patient / _folder_name(uid, "study")
     if final.is_dir():
         return {"status": "already-pulled", "series": names}
-    staging = final.with_name(f".tmp-{final.name}")
+    # Staged beside the patient folders, under a hidden name that input discovery skips: a pull
+    # killed mid-study must not leave a second copy of a series inside a subject's folder.
+    staging = root / "raw" / "ct" / f".tmp-{final.name}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for name, record in zip(names, ct_series):
@@ -267,6 +269,7 @@ def _pull_study(client, root: Path, patient: str, uid: str) -> dict[str, Any]:
             for index, dataset in enumerate(client.iter_series(uid, _value(record, "SeriesInstanceUID"))):
                 instance = _folder_name(getattr(dataset, "SOPInstanceUID", None), f"instance-{index}")
                 dataset.save_as(folder / f"{instance}.dcm", enforce_file_format=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

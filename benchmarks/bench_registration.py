@@ -132,10 +132,11 @@ def time_other_steps(pair_dir: Path) -> dict:
     import importlib.util
 
     from modality_translation.host_memory import retain_freed_host_memory
-    from preprocessing import cohort
     from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
     from preprocessing.mask_warp import carry_mask_array
     from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize
+    from preprocessing.runner.common import like, write_image
+    from preprocessing.runner.imaging import apply_mask, build_mask, carried_mask
     from preprocessing.registration import (RegistrationConfig, ants_to_sitk, apply_transforms,
                                             normalized_cross_correlation, register, save_transforms,
                                             sitk_to_ants)
@@ -159,15 +160,15 @@ def time_other_steps(pair_dir: Path) -> dict:
         saved = save_transforms(register(moving, fixed, quick), folder)
         syn = save_transforms(register(moving, fixed, RegistrationConfig()), os.path.join(folder, "syn"))
         mask = build_artefact_mask(ct)[0]
-        mask_image = cohort._like(mask.astype(np.uint8), ct_image)
+        mask_image = like(mask.astype(np.uint8), ct_image)
 
         def ct_artefact_mask_step() -> None:
-            native, _ = cohort._build_artefact_mask(ct_image, {})
-            cohort._apply_artefact_mask(ct_image, native, -1000.0)
-            registered = cohort._carried_mask(native, fixed, syn.forward_transforms)
-            masked = cohort._apply_artefact_mask(fixed, registered, -1000.0)
-            cohort._write_image(registered, Path(folder) / "ct_mask.nii.gz")
-            cohort._write_image(masked, Path(folder) / "ct_hu.nii.gz")
+            native, _ = build_mask(ct_image, {})
+            apply_mask(ct_image, native, -1000.0)
+            registered = carried_mask(native, fixed, syn.forward_transforms)
+            masked = apply_mask(fixed, registered, -1000.0)
+            write_image(registered, Path(folder) / "ct_mask.nii.gz")
+            write_image(masked, Path(folder) / "ct_hu.nii.gz")
 
         def carry_mask_ants() -> None:
             fraction = apply_transforms(sitk.Cast(mask_image, sitk.sitkFloat32), fixed, syn.forward_transforms)

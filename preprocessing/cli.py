@@ -1,9 +1,10 @@
-"""Command line: ``python -m preprocessing demo …`` and ``python -m preprocessing run …``.
+"""Command line: ``python -m preprocessing {demo,run,pull,push} …``.
 
 Bad arguments end with one line on stderr, ``preprocessing <command>: error: <what is wrong>``,
 and exit status 2, so that scripts can tell a usage error from a processing failure. ``run``
 exits with 0 when every subject is ok (or was already finished), 1 when a subject failed (the
-report says why) or the run could not complete.
+report says why) or the run could not complete; ``pull`` and ``push`` exit with 1 when the PACS
+cannot be reached, refuses the credentials, or a study could not be pulled.
 """
 
 from __future__ import annotations
@@ -92,11 +93,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500)")
     run.add_argument("--input", required=True, help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree)")
     run.add_argument("--output", required=True, help="output folder (created if needed; finished subjects are kept)")
-    run.add_argument("--workers", type=_count, default=None,
-                     help="parallel processes (default: one per core)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count, default=None,
+                       help="parallel processes on this machine (default: one per core)")
+    where.add_argument("--dask-workers", type=_count, default=None, metavar="N",
+                       help="run on a Dask LocalCluster of N worker processes started for this run")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run on an existing Dask cluster (tcp://HOST:8786); every worker must see the input "
+                       "and output folders at the same paths (docs/preprocessing.md)")
     run.add_argument("--threads", type=_count, default=None,
-                     help="ANTs threads per worker (default: cores // workers, so that workers x threads = cores)")
+                     help="ANTs threads per worker (default: cores // workers, so that workers x threads = cores; "
+                     "1 with --scheduler)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    credentials = ("credentials: a JSON file {\"user\": ..., \"password\": ...} (default: $MEDGAN_PACS_CREDENTIALS, "
+                   "else $MEDGAN_PACS_USER and $MEDGAN_PACS_PASSWORD)")
+    pull = commands.add_parser(
+        "pull", help="download CT studies from a PACS (DICOMweb) in the layout 'run' reads",
+        description="Download every CT series of the chosen studies from a PACS over DICOMweb into "
+        "OUTPUT/raw/ct/<patient>/<study>/<series>/ (run --input OUTPUT); OUTPUT/pacs_pull.json says what was pulled.")
+    pull.add_argument("--pacs", required=True, help="DICOMweb root URL, e.g. http://pacs:8042/dicom-web")
+    chosen = pull.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--study", action="append", metavar="UID", help="StudyInstanceUID (repeatable)")
+    chosen.add_argument("--query", help='study search, e.g. "Modality=CT&StudyDate=20240101-20241231"')
+    pull.add_argument("--output", required=True, help="folder to write (created if needed; pulled studies are kept)")
+    push = commands.add_parser(
+        "push", help="send synthetic DICOM series back into their studies on a PACS (DICOMweb)",
+        description="Send every DICOM file below FOLDER (series marked DERIVED and SYNTHETIC only) into its "
+        "source study on the PACS.")
+    push.add_argument("--pacs", required=True, help="DICOMweb root URL, e.g. http://pacs:8042/dicom-web")
+    push.add_argument("folder", help="a synthetic series folder, or a folder of them")
+    for command in (pull, push):
+        command.add_argument("--credentials", default=None, metavar="FILE", help=credentials)
+        command.add_argument("--timeout", type=_count, default=20, metavar="S",
+                             help="seconds to wait for the PACS to connect or answer (default: 20)")
+        command.add_argument("--retries", type=_seed, default=2,
+                             help="tries again after a failed connection or a 502/503/504 answer (default: 2)")
     return parser
 
 
@@ -124,15 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return _run(parser, args)
+    if args.command in ("pull", "push"):
+        return _pacs(args)
     parser.error(f"unknown command {args.command!r}")
     return USAGE_ERROR
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The ``run`` command: check the arguments (usage errors exit 2), then preprocess the cohort."""
-    from preprocessing.cohort import STATUS_FAILED, RunnerError, run_cohort
     from preprocessing.config import ConfigError, load_config
     from preprocessing.errors import PreprocessingError
+    from preprocessing.runner import STATUS_FAILED, RunnerError, WorkerSettings, dask_pool, run_cohort
+    from preprocessing.runner.pool import core_count
 
     def usage_error(message: str) -> None:
         parser.exit(USAGE_ERROR, f"preprocessing run: error: {message}\n")
@@ -148,16 +183,54 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         output = writable_folder(args.output)
     except argparse.ArgumentTypeError as error:
         usage_error(str(error))
+    workers, executor = args.workers, None
+    if args.dask_workers or args.scheduler:
+        # Same default as the local pool for a local cluster; one thread per task on a cluster
+        # whose hosts this process cannot see.
+        workers = args.dask_workers or 1
+        threads = args.threads or (max(1, core_count() // workers) if args.dask_workers else 1)
+        settings = WorkerSettings(int(config["seed"]), threads)
+        executor = dask_pool(settings, args.scheduler, args.dask_workers, progress=not args.quiet)
+        args.threads = threads
     try:
-        report = run_cohort(config, source, output, workers=args.workers, progress=not args.quiet,
-                            threads=args.threads)
+        report = run_cohort(config, source, output, workers=workers, progress=not args.quiet,
+                            threads=args.threads, executor=executor)
     except (RunnerError, PreprocessingError) as error:
         print(f"preprocessing run: error: {error}", file=sys.stderr)
         return 1
     counts = report["counts"]
-    print(f"{counts['ok']} ok, {counts['skipped-finished']} already finished, {counts['failed']} failed; "
-          f"datalist: {output / 'dataset.json'}, report: {output / 'report.json'}")
-    for row in report["subjects"]:
-        if row["status"] == STATUS_FAILED:
-            print(f"  {row['subject']}: {row['reason']}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
+    return _finish(f"{counts['ok']} ok, {counts['skipped-finished']} already finished, {counts['failed']} failed; "
+                   f"datalist: {output / 'dataset.json'}, report: {output / 'report.json'}",
+                   [f"{row['subject']}: {row['reason']}" for row in report["subjects"] if row["status"] == STATUS_FAILED],
+                   counts["failed"])
+
+
+def _finish(summary: str, problems: list[str], failed: int) -> int:
+    """Print the summary on stdout and each problem on stderr; the exit status (1 when anything failed)."""
+    print(summary)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _pacs(args: argparse.Namespace) -> int:
+    """The ``pull`` and ``push`` commands; errors are one line on stderr and exit status 1."""
+    from preprocessing.pacs import PacsError, PacsSettings, parse_query, pull_studies, push_series, read_credentials
+
+    try:
+        user, password = read_credentials(args.credentials)
+        settings = PacsSettings(args.pacs, user, password, float(args.timeout), args.retries)
+        if args.command == "push":
+            sent = push_series(settings, args.folder)
+            print(f"sent {sum(sent['studies'].values())} instances of {len(sent['series'])} series into "
+                  f"{len(sent['studies'])} studies")
+            return 0
+        record = pull_studies(settings, args.output, args.study or (), parse_query(args.query) if args.query else None)
+    except PacsError as error:
+        print(f"preprocessing {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    counts = record["counts"]
+    return _finish(f"{counts['ok']} studies pulled, {counts['already-pulled']} already there, {counts['no-ct']} "
+                   f"without CT, {counts['failed']} failed; record: {Path(args.output) / 'pacs_pull.json'}",
+                   [f"{row['study']}: {row['reason']}" for row in record["studies"] if row["status"] in ("no-ct", "failed")],
+                   counts["failed"])

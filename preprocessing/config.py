@@ -52,7 +52,7 @@ __all__ = [
 #: Names accepted by ``--config`` instead of a file path.
 SHIPPED_CONFIGS = ("demo", "ixi", "cq500")
 
-#: Input layouts the runner recognises (see :func:`preprocessing.cohort.discover_subjects`).
+#: Input layouts the runner recognises (see :func:`preprocessing.runner.discover_subjects`).
 LAYOUTS = ("auto", "demo", "ixi", "cq500")
 ARTEFACT_MODES = ("reference", "per_subject")
 NORMALIZATION_METHODS = ("zscore", "percentile")
@@ -80,7 +80,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # registration.common.random_seed.
     "seed": 0,
     "input": {
-        # auto | demo | ixi | cq500 (see preprocessing.cohort.discover_subjects).
+        # auto | demo | ixi | cq500 (see preprocessing.runner.discover_subjects).
         "layout": "auto",
         # Modalities to process (lower case: ct, t1, t2, pd, mra); null: every modality found.
         "modalities": None,

@@ -86,13 +86,14 @@ def code_version() -> dict[str, str]:
     """Version of this code: the package version and a SHA-256 of the ``preprocessing`` sources.
 
     The source hash identifies the code exactly, also for an unreleased checkout or an installed
-    copy without git; it covers the pipeline modules (``preprocessing/*.py`` and the shipped
-    configurations), not the demo generator.
+    copy without git; it covers the pipeline modules (``preprocessing/*.py``, the cohort
+    runner's package ``preprocessing/runner/`` and the shipped configurations), not the demo
+    generator.
     """
     import preprocessing
 
     package = Path(preprocessing.__file__).parent
-    files = sorted([*package.glob("*.py"), *package.glob("configs/*.yaml")])
+    files = sorted([*package.glob("*.py"), *package.glob("runner/**/*.py"), *package.glob("configs/*.yaml")])
     return {
         "package": "medgan-translate",
         "version": preprocessing.__version__,

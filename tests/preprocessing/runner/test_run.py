@@ -1,8 +1,8 @@
-"""The cohort runner end to end on a small demo cohort (preprocessing/cohort.py, ``python -m preprocessing run``).
+"""The cohort runner end to end on a small demo cohort (preprocessing/runner/, ``python -m preprocessing run``).
 
-One demo cohort (3 subjects, small) is built per module and preprocessed once, through the command
-line, with the shipped ``demo`` configuration and fewer registration iterations (``FAST``); most
-tests read that run's outputs. The resume test reruns the same configuration in a subprocess that
+One demo cohort (3 subjects, small) is built per test package (conftest.py) and preprocessed once,
+through the command line, with the shipped ``demo`` configuration and fewer registration iterations
+(``FAST``); most tests read that run's outputs. The resume test reruns the same configuration in a subprocess that
 is killed mid-run and compares every byte with the first run.
 """
 
@@ -25,63 +25,17 @@ import pytest
 import SimpleITK as sitk
 from monai.data import load_decathlon_datalist
 
-from preprocessing.cli import main as cli_main
 from preprocessing.artefact_mask import measure_artefact_removal
-from preprocessing.cohort import (
-    STATUS_FAILED,
-    STATUS_OK,
-    STATUS_SKIPPED,
-    _coarsened,
-    discover_subjects,
-    run_cohort,
-    split_subjects,
-)
+from preprocessing.cli import main as cli_main
 from preprocessing.config import load_config
-from preprocessing.demo import build_demo_cohort
 from preprocessing.demo.head_holder import CONTACT_PAD, COUCH, HOLDER_PLATE
 from preprocessing.provenance import TRACKED_PACKAGES, file_sha256, read_sidecar
 from preprocessing.pseudonym import pseudonymise
+from preprocessing.runner import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, discover_subjects, run_cohort, split_subjects
+from preprocessing.runner.imaging import coarsened
+from tests.preprocessing.runner.cohort_run import FAST, N_SUBJECTS, REPOSITORY, run_cli, tree_bytes
 
-N_SUBJECTS = 3
-FAST = """extends: demo
-registration:
-  common:
-    linear_iterations: [60, 30]
-    syn_iterations: [40, 20, 0]
-"""
-REPOSITORY = Path(__file__).resolve().parents[2]
 ARTEFACT_LABELS = (HOLDER_PLATE, COUCH, CONTACT_PAD)
-# Files whose content legitimately differs between runs (timings) or that hold no data.
-RUN_SPECIFIC = {"report.json", "report.csv", "report.json.provenance.json", "report.csv.provenance.json", ".lock"}
-
-
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "preprocessing", *args], cwd=REPOSITORY, capture_output=True,
-                          text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cohort")
-    build_demo_cohort(folder, N_SUBJECTS, "small", seed=0, workers=2, progress=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def fast_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "fast.yaml"
-    path.write_text(FAST)
-    return path
-
-
-@pytest.fixture(scope="module")
-def run(cohort, fast_config, tmp_path_factory) -> Path:
-    """The reference run, through the command line."""
-    output = tmp_path_factory.mktemp("run")
-    result = _run_cli("run", "--config", str(fast_config), "--input", str(cohort), "--output", str(output),
-                      "--workers", "2", "--quiet")
-    assert result.returncode == 0, result.stderr
-    return output
 
 
 def _report(output: Path) -> dict:
@@ -108,11 +62,6 @@ def _source_of(entry: dict, config: dict) -> str:
 
 def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def _tree_bytes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in RUN_SPECIFIC}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,7 +258,7 @@ def test_killed_run_resumes_to_the_same_bytes(run, cohort, fast_config, tmp_path
     assert not (output / "dataset.json").exists()
     report = run_cohort(fast_config, cohort, output, workers=2, progress=False)
     assert report["counts"][STATUS_SKIPPED] >= 1 and report["counts"]["failed"] == 0
-    assert _tree_bytes(output) == _tree_bytes(run)
+    assert tree_bytes(output) == tree_bytes(run)
 
 
 def _bad_cohort(cohort: Path, folder: Path) -> dict[str, str]:
@@ -355,7 +304,7 @@ def test_bad_inputs_fail_their_subject_only(cohort, tmp_path):
     config.write_text(FAST + f"  t1:\n    reference: {template}\n  common_space: t1\nartefact:\n  mode: reference\n"
                              "write_pseudonym_map: true\n")
     output = tmp_path / "output"
-    result = _run_cli("run", "--config", str(config), "--input", str(tmp_path / "input"), "--output", str(output),
+    result = run_cli("run", "--config", str(config), "--input", str(tmp_path / "input"), "--output", str(output),
                       "--workers", "2", "--quiet")
     assert result.returncode == 1  # some subjects failed
     names = json.loads((output / "pseudonym_map.json").read_text())
@@ -450,7 +399,7 @@ def test_reference_grid_coarsening_keeps_the_field_of_view_and_the_signal():
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((0.5, 0.5, 1.25))
     image.SetOrigin((10.0, -5.0, 3.0))
-    coarse = _coarsened(image, 1.0, 0.0)
+    coarse = coarsened(image, 1.0, 0.0)
     assert coarse.GetSize() == (20, 20, 12) and coarse.GetSpacing() == (1.0, 1.0, 1.25)
 
     def centre(im):
@@ -459,17 +408,17 @@ def test_reference_grid_coarsening_keeps_the_field_of_view_and_the_signal():
     np.testing.assert_allclose(centre(coarse), centre(image))
     # The signal is conserved: 4 fine voxels per coarse voxel in-plane.
     assert sitk.GetArrayFromImage(coarse).sum() * 4 == pytest.approx(array.sum(), rel=1e-3)
-    assert _coarsened(coarse, 1.0, 0.0) is coarse
+    assert coarsened(coarse, 1.0, 0.0) is coarse
 
 
 def test_subjects_are_scheduled_longest_first():
     """A subject whose volumes are registered weighs more than a reference subject of the same size."""
-    from preprocessing.cohort import _estimated_work
+    from preprocessing.runner.run import estimated_work
 
     references = {"ct": {"subject": "sub-a"}, "t1": {"subject": "sub-b"}}
     metadata = {"ct": {"size": [64, 64, 40]}, "t1": {"size": [40, 64, 64]}}
-    work = {name: _estimated_work({"subject": name, "modalities": ["ct", "t1"], "references": references}, metadata)
+    work = {name: estimated_work({"subject": name, "modalities": ["ct", "t1"], "references": references}, metadata)
             for name in ("sub-a", "sub-b", "sub-c")}
     assert work["sub-c"] > work["sub-a"] == work["sub-b"] > 0
     bigger = {"ct": {"size": [128, 128, 80]}, "t1": {"size": [40, 64, 64]}}
-    assert _estimated_work({"subject": "sub-a", "modalities": ["ct", "t1"], "references": references}, bigger) > work["sub-a"]
+    assert estimated_work({"subject": "sub-a", "modalities": ["ct", "t1"], "references": references}, bigger) > work["sub-a"]

@@ -1,0 +1,74 @@
+"""Step: the CT's artefact mask on its registered grid, the masked HU volume and the CT window."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from preprocessing.provenance import input_record
+from preprocessing.runner.common import like, read_image
+from preprocessing.runner.imaging import apply_mask, carried_mask
+from preprocessing.runner.steps.base import Step, SubjectContext, transform_names
+
+
+class MaskAndWindowCT(Step):
+    """Artefact mask (the reference's, or the CT's own carried through its transforms) and CT window.
+
+    Writes ``<subject>_ct_mask``, ``_ct_hu`` (masked, in HU) and ``_ct`` (windowed), and the artefact
+    QC montage.
+    """
+
+    reads = ("registered", "forward", "raw", "native_masks", "holder_free")
+    writes = ("volumes", "masks", "entry")
+
+    def applies(self, context: SubjectContext) -> bool:
+        return "ct" in context.modalities
+
+    def run(self, context: SubjectContext, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        from preprocessing.windowing import get_window, hu_to_window
+
+        ct, artefact, writer, name = values["registered"]["ct"], context.config["artefact"], context.writer, context.name
+        native_masks = values["native_masks"]
+        with context.timer("mask.ct"):
+            reference = context.job["references"].get("ct", {})
+            mask_inputs: list[dict] = []
+            if not artefact["enabled"]:
+                keep, masked = like(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8), ct), ct
+            else:
+                if artefact["mode"] == "reference":
+                    keep = read_image(context.reference_file(reference["mask"]))
+                    mask_inputs = [input_record(context.reference_file(reference["mask"]),
+                                                f"references/{reference['mask']}", "reference artefact mask",
+                                                sha256=reference["mask_sha256"])]
+                else:
+                    # Built on the CT as read (RemoveHolderAsRead) and carried with the CT's own
+                    # transforms: the mask follows this head wherever the registration leaves it.
+                    keep = carried_mask(native_masks["ct"], ct, values["forward"]["ct"])
+                    mask_inputs = context.raw_inputs["ct"]
+                masked = apply_mask(ct, keep, float(artefact["outside_hu"]))
+            mask_path = writer.image(keep, f"{name}_ct_mask.nii.gz", "artefact_mask", mask_inputs, {"artefact": artefact})
+            hu_path = writer.image(masked, f"{name}_ct_hu.nii.gz", "artefact_mask",
+                                   context.raw_inputs["ct"] + [writer.record(mask_path, "keep mask")],
+                                   {"artefact": artefact, "transforms": transform_names(values["forward"], "ct")})
+        with context.timer("window.ct"):
+            window = get_window(context.config["ct"]["window"])
+            out_range = context.config["ct"]["out_range"]
+            windowed = like(np.asarray(hu_to_window(sitk.GetArrayFromImage(masked), window, out_range), np.float32),
+                            masked)
+            ct_path = writer.image(windowed, f"{name}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
+                                   {"window": window.to_dict(), "out_range": out_range})
+        if context.config["qc"]["enabled"]:
+            from preprocessing.qc import artefact_montage
+
+            with context.timer("qc"):
+                # A per-subject mask is drawn where it was built, on the CT as read.
+                shown = ((values["raw"]["ct"], native_masks["ct"], values["holder_free"]["ct"])
+                         if "ct" in native_masks else (ct, keep, masked))
+                path = artefact_montage(*shown, context.folder / "qc" / f"{name}_artefact.png",
+                                        title=f"{name}: CT artefact mask")
+                writer.track(path, "qc", [writer.record(mask_path, "keep mask")], {})
+        entry = {"ct": writer.relative(ct_path), "ct_hu": writer.relative(hu_path), "ct_mask": writer.relative(mask_path)}
+        return {"volumes": {"ct": windowed}, "masks": {"ct": keep}, "entry": entry}

@@ -1,0 +1,69 @@
+"""Phase 1 for one subject: hash the inputs and read every volume into ``OUT/cache/<subject>``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from preprocessing.atomic import atomic_write_json
+from preprocessing.dicom import read_dicom_series
+from preprocessing.errors import PreprocessingError
+from preprocessing.nifti import read_nifti
+from preprocessing.provenance import files_sha256
+from preprocessing.pseudonym import Redactor, dicom_identifiers
+from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, hash_input, reason, write_image_plain
+
+__all__ = ["read_job"]
+
+
+def read_job(job: dict) -> dict:
+    """Phase 1 for one subject: hash the inputs and read every volume into the cache."""
+    start = time.perf_counter()
+    redact = Redactor(job["names"], anywhere=job["anywhere"])
+    cache = Path(job["cache"])
+    volumes = {m: Path(p) for m, p in job["volumes"].items()}
+    identifiers: set[str] = set()
+    if "ct" in volumes:
+        identifiers = dicom_identifiers(volumes["ct"], max_files=5)
+        redact = redact.extended(identifiers=identifiers)
+    result: dict[str, Any] = {"subject": job["subject"], "identifiers": sorted(identifiers), "seconds": {}}
+    try:
+        if job["problems"]:
+            raise PreprocessingError(None, "; ".join(job["problems"]))
+        hashes = {m: hash_input(p) for m, p in volumes.items()}
+        if job["truth"]:
+            truth = Path(job["truth"])
+            hashes["truth"] = files_sha256([p for p in truth.rglob("*") if p.is_file()], truth)
+        marker = cache / "read.json"
+        cached = json.loads(marker.read_text()) if marker.is_file() else None
+        if cached is not None and cached.get("inputs_sha256") == hashes and all(
+                (cache / f"{m}.nii").is_file() for m in volumes):
+            metadata = cached["metadata"]
+        else:
+            metadata = {}
+            for modality, path in volumes.items():
+                step = time.perf_counter()
+                if modality == "ct":
+                    image, info = read_dicom_series(path, job["dicom"])
+                    metadata[modality] = {k: info[k] for k in ("series_description", "number_of_slices",
+                                                               "slice_thickness_mm", "kvp", "findings") if k in info}
+                else:
+                    image = read_nifti(path)
+                    metadata[modality] = {"file": redact(path.name)}
+                if image.GetPixelID() != sitk.sitkFloat32:
+                    image = sitk.Cast(image, sitk.sitkFloat32)
+                metadata[modality].update(size=list(image.GetSize()), spacing=[round(s, 6) for s in image.GetSpacing()])
+                write_image_plain(image, cache / f"{modality}.nii")
+                result["seconds"][f"read.{modality}"] = time.perf_counter() - step
+            # Reader findings name files; a source folder name must not ride along.
+            metadata = json.loads(redact(json.dumps(metadata)))
+            atomic_write_json(marker, {"subject": job["subject"], "inputs_sha256": hashes, "metadata": metadata})
+        result.update(status=STATUS_OK, inputs_sha256=hashes, metadata=metadata)
+    except Exception as error:  # one subject's failure must not stop the cohort
+        result.update(status=STATUS_FAILED, reason=reason(error, redact))
+    result["seconds"]["read"] = time.perf_counter() - start
+    return result

@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_pipeline.py --output benchmarks/results/pipeline.json
-        [--demo DIR | --size small|full --subjects N] [--config demo] [--runs 1x2 2x1 1x1]
+        [--demo DIR | --size small|full --subjects N] [--config demo] [--runs 1x2 2x1 1x1 dask1x1 dask2x1]
 
 Without ``--demo``, a demo cohort is built first (not timed). Each run ``WxT`` preprocesses the
 whole cohort into a fresh folder with ``python -m preprocessing run``'s engine, with W workers of
@@ -10,6 +10,9 @@ T ANTs threads each; the report's per-subject timings give the seconds per volum
 (read, register, mask, window, normalise, pair, slice, truth, qc) and the wall time gives the
 throughput. ``1x2`` and ``2x1`` are the runner's defaults for 1 and 2 workers on 2 cores
 (workers x threads = cores); ``1x1`` against ``2x1`` measures how the process pool alone scales.
+``daskWxT`` runs the same cohort on a Dask ``LocalCluster`` of W single-threaded worker processes,
+each task with T ANTs threads (``python -m preprocessing run --dask-workers W``), so that Dask's
+scaling and its overhead over the process pool are measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from preprocessing.atomic import atomic_write_json  # noqa: E402
-from preprocessing.cohort import STEPS, run_cohort  # noqa: E402
+from preprocessing.config import load_config  # noqa: E402
+from preprocessing.runner import STEPS, WorkerSettings, dask_pool, run_cohort  # noqa: E402
 from preprocessing.demo import build_demo_cohort  # noqa: E402
 
 
@@ -82,14 +86,21 @@ def main() -> None:
             "config": args.config,
             "runs": [],
         }
+        seed = int(load_config(args.config)["seed"])
         for spec in args.runs:
-            workers, threads = (int(n) for n in spec.lower().split("x"))
+            engine = "dask" if spec.lower().startswith("dask") else "process pool"
+            workers, threads = (int(n) for n in spec.lower().removeprefix("dask").split("x"))
             output = scratch / f"out-{spec}"
             start = time.perf_counter()
-            report = run_cohort(args.config, cohort, output, workers=workers, progress=False, threads=threads)
+            if engine == "dask":
+                executor = dask_pool(WorkerSettings(seed, threads), workers=workers, progress=False)
+                report = run_cohort(args.config, cohort, output, threads=threads, executor=executor, progress=False)
+            else:
+                report = run_cohort(args.config, cohort, output, workers=workers, progress=False, threads=threads)
             wall = time.perf_counter() - start
             subjects = report["counts"]["ok"]
             run = {
+                "engine": engine,
                 "workers": workers,
                 "ants_threads_per_worker": report["ants_threads_per_worker"],
                 "wall_seconds": round(wall, 1),
@@ -106,10 +117,13 @@ def main() -> None:
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
             shutil.rmtree(output)
-        rates = {f"{r['workers']}x{r['ants_threads_per_worker']}": r["subjects_per_minute"] for r in results["runs"]}
+        rates = {("dask" if r["engine"] == "dask" else "") + f"{r['workers']}x{r['ants_threads_per_worker']}":
+                 r["subjects_per_minute"] for r in results["runs"]}
+        pairs = (("2x1", "1x2"), ("2x1", "1x1"), ("1x2", "1x1"), ("dask2x1", "dask1x1"), ("dask2x1", "2x1"),
+                 ("dask1x1", "1x1"))
         results["throughput_ratios"] = {
             f"{fast} over {slow}": round(rates[fast] / rates[slow], 2)
-            for fast, slow in (("2x1", "1x2"), ("2x1", "1x1"), ("1x2", "1x1")) if fast in rates and slow in rates}
+            for fast, slow in pairs if fast in rates and slow in rates}
         print(json.dumps(results["throughput_ratios"]), flush=True)
         atomic_write_json(args.output, results)
     finally:

@@ -389,6 +389,29 @@ class GANTrainer(Trainer):
         scaler.step(getattr(self, optimizer_name))
         scaler.update()
 
+    def discriminator_loss(
+        self, criterion: Any, net: nn.Module, real: torch.Tensor, fake: torch.Tensor, fuse: bool
+    ) -> torch.Tensor:
+        """``criterion.discriminator_loss`` of ``net``'s logits for real and (detached) generated images.
+
+        The forward pass runs under :meth:`autocast`, real and generated images in one call when
+        ``fuse`` (:func:`paired_forward`), the loss in float32.
+
+        Args:
+            criterion: object with ``discriminator_loss(real_logits, fake_logits)`` (e.g.
+                :class:`~modality_translation.losses.AdversarialLoss`).
+            net: the discriminator.
+            real: real images (or conditional pairs).
+            fake: generated images, detached here.
+            fuse: judge both in one batch (only without batch normalisation).
+
+        Returns:
+            The scalar loss.
+        """
+        with self.autocast():
+            logits_real, logits_fake = paired_forward(net, real, fake.detach(), fuse)
+        return criterion.discriminator_loss(logits_real.float(), logits_fake.float())
+
     def is_discriminator_iteration(self, iteration: int) -> bool:
         """Whether the discriminators are updated at (1-based) ``iteration``: 1, k + 1, 2k + 1, ..."""
         return (iteration - 1) % self.generator_steps_per_discriminator_step == 0

@@ -12,7 +12,7 @@ layer  UNIT                                     here
                                                 the numerically stable form of the same objective)
 =====  =======================================  ======================================================
 
-For 256 x 256 images the logits are a 7 x 7 map; each of them sees a 94 x 94 pixel window. Fewer
+For 256 x 256 images the logits are a 7 x 7 map; each of them sees a 95 x 95 pixel window. Fewer
 layers (``num_layers``) suit small test images. Optional spectral normalisation of every convolution
 (the "Modified UNIT" switch).
 """

@@ -17,7 +17,8 @@ pix2pix, UNIT...) writes only its own update rule:
 The base provides the batch (:class:`SourceTargetBatch`: plain tensors, optional channels-last), mixed
 precision (:meth:`autocast`; bfloat16 by default on CPU, float16 on CUDA with one
 ``torch.amp.GradScaler`` per optimiser, :meth:`optimizer_step`), frozen networks during another
-network's step (:func:`frozen`), batched calls of one network on two inputs (:func:`paired_forward`),
+network's step (:func:`frozen`), batched calls of one network on two inputs (:func:`paired_forward`), a
+discriminator's loss on real and generated images (:meth:`GANTrainer.discriminator_loss`),
 ``torch.compile`` of the networks in place (:func:`compile_in_place`), host-memory retention on CPU,
 the epoch handed to seeded datasets, and the output: every loss as a float (one device-to-host
 transfer), ``loss`` = ``loss_G`` (so MONAI's default output transforms work), ``d_updated``, and the

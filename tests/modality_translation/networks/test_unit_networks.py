@@ -17,14 +17,6 @@ from modality_translation.networks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(**kwargs) -> UNITNetwork:
     torch.manual_seed(0)
     return UNITNetwork(**{"channels": 4, "num_res_blocks": 1, **kwargs})

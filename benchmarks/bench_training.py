@@ -2,19 +2,25 @@
 
 Times full CycleGAN iterations (both generators, both discriminators, identity loss, image pools,
 Adam) at 256x256, batch 1, with the ResNet-9 and U-Net-256 generators and the 70x70 PatchGAN of
-``modality_translation.networks`` (``--generators resnet9 unet256``), and full pix2pix iterations
+``modality_translation.networks`` (``--generators resnet9 unet256``), full pix2pix iterations
 (``--generators pix2pix``: the U-Net-256 generator with dropout 0.5, the conditional 70x70 PatchGAN
-on the two-channel (source, image) pair, BCE + 100 x L1, Adam):
+on the two-channel (source, image) pair, BCE + 100 x L1, Adam), and full UNIT iterations
+(``--generators unit``: the UNIT bundle's baseline network, both encoders and generators with their
+shared blocks, 64 base channels, and two 5-level discriminators; BCE, reconstruction, KL, cycle and
+cycle-KL terms with the paper's weights, Adam):
 
 - ``reference``: the update of the reference implementation, float32, written out here in plain
   PyTorch on the same networks: Zhu et al.'s ``CycleGANModel.optimize_parameters`` (six separate
   generator calls, discriminators frozen during the generator step, real and fake discriminator
   passes separate) or Isola et al.'s ``Pix2PixModel.optimize_parameters`` (one generator pass; the
   discriminator updated first on the detached generated pair and the real pair in separate calls,
-  then the generator against the updated, frozen discriminator);
-- ``engine``: :class:`modality_translation.engines.CycleGANTrainer` or
-  :class:`modality_translation.engines.Pix2PixTrainer` (float32, batched calls where the networks
-  allow it);
+  then the generator against the updated, frozen discriminator) or Liu et al.'s UNIT trainer
+  (``dis_update`` then ``gen_update``: the discriminators updated first on translations of their own
+  encoder and generator passes, then every encoder and generator pass computed again, one network
+  call each, for the generator update; the discriminators are not frozen during it);
+- ``engine``: :class:`modality_translation.engines.CycleGANTrainer`,
+  :class:`modality_translation.engines.Pix2PixTrainer` or :class:`modality_translation.engines.UNITTrainer`
+  (float32, batched calls where the networks allow it);
 - ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout;
   ``engine-bf16-compile`` compiles the networks (``compile_networks``): its compilation happens in the
   warm-up iterations, whose times are recorded separately (``warmup_seconds``).
@@ -27,10 +33,12 @@ wall time depends on what else runs; with one thread the CPU time does not, and 
 time would be on an idle core, so speed-ups are reported on both. The median over rounds and
 timed iterations is reported, with the load average. On CUDA
 (when available) batch 1 and 16 are timed too. Results go to the ``--output`` JSON file.
+``--size`` (default 256) and ``--unit-channels`` (default 64) shrink the images and the UNIT network
+for a quick check that the script runs; the figures quoted in the docs are at the defaults.
 
     python benchmarks/bench_training.py --output benchmarks/results/training.json
-        [--threads 1 2] [--generators resnet9 unet256 pix2pix] [--variants reference engine engine-bf16 engine-bf16-cl]
-        [--iterations 2] [--warmup 1] [--rounds 2] [--device cpu cuda]
+        [--threads 1 2] [--generators resnet9 unet256 pix2pix unit] [--variants reference engine engine-bf16 engine-bf16-cl]
+        [--iterations 2] [--warmup 1] [--rounds 2] [--device cpu cuda] [--size 256] [--unit-channels 64]
 """
 
 from __future__ import annotations
@@ -51,8 +59,8 @@ if str(REPOSITORY) not in sys.path:
 
 #: Seconds per iteration of the reference implementation measured on the 2-core development machine.
 REFERENCE_SECONDS_2CORE = {"resnet9": 5.2, "unet256": 1.45}
-#: Generators of the CycleGAN benchmark, and the pix2pix model.
-MODELS = ("resnet9", "unet256", "pix2pix")
+#: Generators of the CycleGAN benchmark, the pix2pix model and the UNIT model.
+MODELS = ("resnet9", "unet256", "pix2pix", "unit")
 VARIANTS = ("reference", "engine", "engine-bf16", "engine-bf16-cl", "engine-bf16-compile")
 SIZE = 256
 
@@ -75,6 +83,16 @@ def build_pix2pix_networks():
 
     torch.manual_seed(0)
     return UNetGenerator(dropout=0.5), PatchGANDiscriminator(in_channels=2)
+
+
+def build_unit_networks(channels: int = 64):
+    """The UNIT bundle's baseline networks: encoders and generators with their shared blocks, two 5-level discriminators."""
+    import torch
+
+    from modality_translation.networks import UNITDiscriminator, UNITNetwork
+
+    torch.manual_seed(0)
+    return UNITNetwork(channels=channels), UNITDiscriminator(), UNITDiscriminator()
 
 
 def l1_loss(a, b):
@@ -137,23 +155,77 @@ def pix2pix_reference_iteration(nets, optimizers, criterion, real_a, real_b, lam
     optimizer_g.step()
 
 
+def unit_reference_iteration(nets, optimizers, criterion, x_a, x_b, weights):
+    """One iteration of the authors' UNIT update (float32): ``dis_update``, then ``gen_update``, one call per pass."""
+    import torch
+
+    from modality_translation.losses import latent_kl
+
+    unit, d_a, d_b = nets
+    optimizer_g, optimizer_d = optimizers
+    encode = {"a": unit.encoder_a, "b": unit.encoder_b}
+    decode = {"a": unit.generator_a, "b": unit.generator_b}
+
+    def sample(mu):
+        return mu + torch.randn_like(mu)
+
+    optimizer_d.zero_grad()
+    h_a, h_b = encode["a"](x_a), encode["b"](x_b)
+    x_ba, x_ab = decode["a"](sample(h_b)), decode["b"](sample(h_a))
+    loss_d = (criterion.discriminator_loss(d_a(x_a), d_a(x_ba.detach()))
+              + criterion.discriminator_loss(d_b(x_b), d_b(x_ab.detach())))
+    loss_d.backward()
+    optimizer_d.step()
+
+    optimizer_g.zero_grad()
+    h_a, h_b = encode["a"](x_a), encode["b"](x_b)
+    z_a, z_b = sample(h_a), sample(h_b)
+    x_a_recon, x_b_recon = decode["a"](z_a), decode["b"](z_b)
+    x_ba, x_ab = decode["a"](z_b), decode["b"](z_a)
+    h_b_recon, h_a_recon = encode["a"](x_ba), encode["b"](x_ab)
+    x_aba, x_bab = decode["a"](sample(h_a_recon)), decode["b"](sample(h_b_recon))
+    loss_g = (
+        weights["lambda_adversarial"] * (criterion.generator_loss(d_a(x_ba)) + criterion.generator_loss(d_b(x_ab)))
+        + weights["lambda_reconstruction"] * (l1_loss(x_a_recon, x_a) + l1_loss(x_b_recon, x_b))
+        + weights["lambda_kl"] * (latent_kl(h_a) + latent_kl(h_b))
+        + weights["lambda_cycle"] * (l1_loss(x_aba, x_a) + l1_loss(x_bab, x_b))
+        + weights["lambda_cycle_kl"] * (latent_kl(h_a_recon) + latent_kl(h_b_recon))
+    )
+    loss_g.backward()
+    optimizer_g.step()
+
+
 def time_configuration(generator: str, variant: str, threads: int, device: str, batch_size: int,
-                       iterations: int, warmup: int) -> dict:
+                       iterations: int, warmup: int, size: int = SIZE, unit_channels: int = 64) -> dict:
     """Time ``iterations`` iterations after ``warmup`` ones; runs in the calling process."""
     import torch
     from ignite.engine import Events
 
-    from modality_translation.engines import CycleGANTrainer, ImagePool, Pix2PixTrainer, adam_optimizer
+    from modality_translation.engines import (
+        UNIT_LOSS_WEIGHTS,
+        CycleGANTrainer,
+        ImagePool,
+        Pix2PixTrainer,
+        UNITTrainer,
+        adam_optimizer,
+    )
     from modality_translation.losses import AdversarialLoss
 
     torch.set_num_threads(threads)
-    pix2pix = generator == "pix2pix"
-    nets = [net.to(device) for net in (build_pix2pix_networks() if pix2pix else build_networks(generator))]
-    half = len(nets) // 2
+    pix2pix, unit = generator == "pix2pix", generator == "unit"
+    if pix2pix:
+        nets = build_pix2pix_networks()
+    elif unit:
+        nets = build_unit_networks(unit_channels)
+    else:
+        nets = build_networks(generator)
+    nets = [net.to(device) for net in nets]
+    # Generators first: the UNIT network (encoders and generators) against two discriminators.
+    half = 1 if unit else len(nets) // 2
     g_optimizer, d_optimizer = adam_optimizer(nets[:half]), adam_optimizer(nets[half:])
     generator_rng = torch.Generator().manual_seed(1)
     batches = [
-        {key: torch.rand(batch_size, 1, SIZE, SIZE, generator=generator_rng) * 2 - 1 for key in ("A", "B")}
+        {key: torch.rand(batch_size, 1, size, size, generator=generator_rng) * 2 - 1 for key in ("A", "B")}
         for _ in range(4)
     ]
     total = warmup + iterations
@@ -170,6 +242,11 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
 
             def step(a, b):
                 pix2pix_reference_iteration(nets, (g_optimizer, d_optimizer), criterion, a, b)
+        elif unit:
+            criterion = AdversarialLoss("bce")
+
+            def step(a, b):
+                unit_reference_iteration(nets, (g_optimizer, d_optimizer), criterion, a, b, UNIT_LOSS_WEIGHTS)
         else:
             criterion = AdversarialLoss("least_squares")
             pools = (ImagePool(50), ImagePool(50))
@@ -195,6 +272,9 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
         if pix2pix:
             trainer = Pix2PixTrainer(device, 1, loader, *nets, g_optimizer, d_optimizer,
                                      adversarial_loss=AdversarialLoss("bce", discriminator_scale=0.5), **engine_options)
+        elif unit:
+            trainer = UNITTrainer(device, 1, loader, *nets, g_optimizer, d_optimizer,
+                                  adversarial_loss=AdversarialLoss("bce"), **engine_options)
         else:
             trainer = CycleGANTrainer(device, 1, loader, *nets, g_optimizer, d_optimizer,
                                       adversarial_loss=AdversarialLoss("least_squares", discriminator_scale=0.5),
@@ -222,6 +302,8 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
         "device": device,
         "threads": threads,
         "batch_size": batch_size,
+        "size": size,
+        **({"unit_channels": unit_channels} if unit else {}),
         "seconds_per_iteration": median,
         "iterations_per_second": 1.0 / median,
         "images_per_second": batch_size / median,
@@ -297,7 +379,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, help="JSON file of the results")
     parser.add_argument("--generators", nargs="+", default=["resnet9", "unet256"], choices=MODELS,
-                        help="CycleGAN generators (resnet9, unet256) and/or pix2pix (its U-Net-256 and conditional PatchGAN)")
+                        help="CycleGAN generators (resnet9, unet256), pix2pix (its U-Net-256 and conditional PatchGAN) "
+                             "and/or unit (the UNIT network and two 5-level discriminators)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:3]), choices=VARIANTS)
     # One thread by default: on a shared 2-core machine a second thread mostly waits for a busy core.
     parser.add_argument("--threads", nargs="+", type=int, default=[1])
@@ -306,6 +389,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=SIZE,
+                        help="image size (default 256, the benchmark's; smaller only to check that the script runs)")
+    parser.add_argument("--unit-channels", type=int, default=64,
+                        help="base channels of the UNIT network (default 64, the paper's)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -332,6 +419,7 @@ def main() -> None:
                         configs.append({
                             "generator": generator, "variant": variant, "threads": threads, "device": device,
                             "batch_size": batch_size, "iterations": args.iterations, "warmup": args.warmup,
+                            "size": args.size, "unit_channels": args.unit_channels,
                         })
     runs: list[list[dict]] = [[] for _ in configs]
     for round_index in range(args.rounds):
@@ -346,8 +434,9 @@ def main() -> None:
     from preprocessing.atomic import atomic_write_json
 
     report = {
-        "benchmark": "training iteration, 256x256, batch 1 on CPU, Adam; CycleGAN: identity loss on, pools of 50; "
-                     "pix2pix: BCE + 100 x L1, conditional PatchGAN",
+        "benchmark": f"training iteration, {args.size}x{args.size}, batch 1 on CPU, Adam; CycleGAN: identity loss on, "
+                     "pools of 50; pix2pix: BCE + 100 x L1, conditional PatchGAN; UNIT: the bundle's baseline "
+                     f"network ({args.unit_channels} base channels), BCE, reconstruction, KL, cycle and cycle-KL terms",
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),

@@ -1,7 +1,7 @@
 """Training and validation engines of the translation GANs, on MONAI / Ignite.
 
-Bundle configs build them with ``_target_`` (e.g. ``"modality_translation.engines.CycleGANTrainer"``)
-(on the trainer base ``GANTrainer``) and attach MONAI handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``LrScheduleHandler``,
+Bundle configs build them with ``_target_`` (e.g. ``"modality_translation.engines.CycleGANTrainer"``;
+``Pix2PixTrainer``, ``UNITTrainer``; all on the trainer base ``GANTrainer``) and attach MONAI handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``LrScheduleHandler``,
 ``ValidationHandler``) unchanged, plus this package's checkpoint and image-grid handlers.
 """
 
@@ -36,6 +36,7 @@ from modality_translation.engines.image_grid import (
 from modality_translation.engines.image_pool import ImagePool
 from modality_translation.engines.pix2pix_trainer import PIX2PIX_LAMBDA_L1, Pix2PixTrainer, conditional_pair
 from modality_translation.engines.schedules import LinearDecay, adam_optimizer, linear_decay_scheduler
+from modality_translation.engines.unit_trainer import UNIT_LOSS_WEIGHTS, UNITTrainer
 
 __all__ = [
     "AtomicDiskSaver",
@@ -53,7 +54,9 @@ __all__ = [
     "TrainingCheckpointSaver",
     "TranslationEvaluator",
     "TranslationGridHandler",
+    "UNIT_LOSS_WEIGHTS",
     "UNIT_RANGE_SPAN",
+    "UNITTrainer",
     "SourceTargetBatch",
     "adam_optimizer",
     "checkpoint_path",

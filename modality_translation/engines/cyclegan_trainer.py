@@ -39,7 +39,7 @@ import torch
 from monai.engines.utils import IterationEvents
 from torch import nn
 
-from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm, paired_forward
+from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm
 from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss
 
@@ -209,17 +209,14 @@ class CycleGANTrainer(GANTrainer):
         losses["loss_G"] = loss_g
         return losses, images
 
-    def _discriminator_loss(self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            logits_real, logits_fake = paired_forward(net, real, fake, self.fuse_discriminators)
-        return self.adversarial_loss.discriminator_loss(logits_real.float(), logits_fake.float())
-
     def discriminator_step(self, real_a: torch.Tensor, real_b: torch.Tensor, images: dict) -> dict[str, torch.Tensor]:
         """Update both discriminators on real images and pooled generated ones; return their losses."""
         self.zero_grad("d_optimizer")
         # Generated images are reused from the generator step, detached: no second generator pass.
-        loss_d_a = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(images["fake_A"]))
-        loss_d_b = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(images["fake_B"]))
+        loss_d_a = self.discriminator_loss(self.adversarial_loss, self.d_a, real_a, self.pool_a.query(images["fake_A"]),
+                                           self.fuse_discriminators)
+        loss_d_b = self.discriminator_loss(self.adversarial_loss, self.d_b, real_b, self.pool_b.query(images["fake_B"]),
+                                           self.fuse_discriminators)
         self.optimizer_step("d_optimizer", loss_d_a + loss_d_b)
         return {"loss_D_A": loss_d_a, "loss_D_B": loss_d_b}
 

@@ -17,7 +17,8 @@ pix2pix, UNIT...) writes only its own update rule:
 The base provides the batch (:class:`SourceTargetBatch`: plain tensors, optional channels-last), mixed
 precision (:meth:`autocast`; bfloat16 by default on CPU, float16 on CUDA with one
 ``torch.amp.GradScaler`` per optimiser, :meth:`optimizer_step`), frozen networks during another
-network's step (:func:`frozen`), batched calls of one network on two inputs (:func:`paired_forward`),
+network's step (:func:`frozen`), batched calls of one network on two inputs (:func:`paired_forward`), a
+discriminator's loss on real and generated images (:meth:`GANTrainer.discriminator_loss`),
 ``torch.compile`` of the networks in place (:func:`compile_in_place`), host-memory retention on CPU,
 the epoch handed to seeded datasets, and the output: every loss as a float (one device-to-host
 transfer), ``loss`` = ``loss_G`` (so MONAI's default output transforms work), ``d_updated``, and the
@@ -388,6 +389,29 @@ class GANTrainer(Trainer):
         scaler.scale(loss).backward()
         scaler.step(getattr(self, optimizer_name))
         scaler.update()
+
+    def discriminator_loss(
+        self, criterion: Any, net: nn.Module, real: torch.Tensor, fake: torch.Tensor, fuse: bool
+    ) -> torch.Tensor:
+        """``criterion.discriminator_loss`` of ``net``'s logits for real and (detached) generated images.
+
+        The forward pass runs under :meth:`autocast`, real and generated images in one call when
+        ``fuse`` (:func:`paired_forward`), the loss in float32.
+
+        Args:
+            criterion: object with ``discriminator_loss(real_logits, fake_logits)`` (e.g.
+                :class:`~modality_translation.losses.AdversarialLoss`).
+            net: the discriminator.
+            real: real images (or conditional pairs).
+            fake: generated images, detached here.
+            fuse: judge both in one batch (only without batch normalisation).
+
+        Returns:
+            The scalar loss.
+        """
+        with self.autocast():
+            logits_real, logits_fake = paired_forward(net, real, fake.detach(), fuse)
+        return criterion.discriminator_loss(logits_real.float(), logits_fake.float())
 
     def is_discriminator_iteration(self, iteration: int) -> bool:
         """Whether the discriminators are updated at (1-based) ``iteration``: 1, k + 1, 2k + 1, ..."""

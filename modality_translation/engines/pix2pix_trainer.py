@@ -33,7 +33,7 @@ import torch
 from monai.engines.utils import IterationEvents
 from torch import nn
 
-from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm, paired_forward
+from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm
 from modality_translation.losses import AdversarialLoss
 
 #: pix2pix's weight of the L1 term.
@@ -138,10 +138,9 @@ class Pix2PixTrainer(GANTrainer):
     def discriminator_step(self, source: torch.Tensor, target: torch.Tensor, images: dict) -> dict[str, torch.Tensor]:
         """Update the discriminator on the real pair against the generated pair (reused, detached)."""
         self.zero_grad("d_optimizer")
-        with self.autocast():
-            real_pair = conditional_pair(source, target)
-            fake_pair = conditional_pair(source, images["fake_B"].detach())
-            logits_real, logits_fake = paired_forward(self.discriminator, real_pair, fake_pair, self.fuse_discriminator)
-        loss_d = self.adversarial_loss.discriminator_loss(logits_real.float(), logits_fake.float())
+        real_pair = conditional_pair(source, target)
+        fake_pair = conditional_pair(source, images["fake_B"].detach())
+        loss_d = self.discriminator_loss(self.adversarial_loss, self.discriminator, real_pair, fake_pair,
+                                         self.fuse_discriminator)
         self.optimizer_step("d_optimizer", loss_d)
         return {"loss_D": loss_d}

@@ -1,4 +1,4 @@
-"""Losses of the translation GANs: adversarial criteria and reconstruction terms.
+"""Losses of the translation GANs: adversarial criteria, reconstruction terms and UNIT's latent KL term.
 
 Constructors take plain JSON values, so a MONAI bundle config can build them with ``_target_``.
 """
@@ -6,7 +6,9 @@ Constructors take plain JSON values, so a MONAI bundle config can build them wit
 from modality_translation.losses.adversarial import ADVERSARIAL_MODES, AdversarialLoss
 from modality_translation.losses.charbonnier import CharbonnierLoss, charbonnier
 from modality_translation.losses.cycle import CycleConsistencyLoss
+from modality_translation.losses.kl import latent_kl
 from modality_translation.losses.perceptual import PerceptualLoss
+from modality_translation.losses.reconstruction import RECONSTRUCTION_PENALTIES, reconstruction_penalty
 
 __all__ = [
     "ADVERSARIAL_MODES",
@@ -14,5 +16,8 @@ __all__ = [
     "CharbonnierLoss",
     "CycleConsistencyLoss",
     "PerceptualLoss",
+    "RECONSTRUCTION_PENALTIES",
     "charbonnier",
+    "latent_kl",
+    "reconstruction_penalty",
 ]

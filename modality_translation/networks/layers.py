@@ -1,4 +1,4 @@
-"""Layer choices and input checks shared by the generators and the discriminator.
+"""Layer choices, spectral normalisation and input checks shared by the generators and the discriminators.
 
 Networks take ``norm`` as a plain string so that a MONAI bundle config can set it. Instance norm is MONAI's
 ``InstanceNorm`` (no affine parameters, no running statistics: the pix2pix/CycleGAN ``norm="instance"``);
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
 NORM_TYPES = ("instance", "batch", "none")
 
@@ -71,3 +73,28 @@ def check_intensity_range(value_range: Sequence[float], name: str = "input_range
     if not high > low:
         raise ValueError(f"{name} must be (low, high) with high > low, got {value_range!r}")
     return low, high
+
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def apply_spectral_norm(module: nn.Module) -> nn.Module:
+    """Wrap every convolution of ``module`` in spectral normalisation (Miyato et al. 2018), in place.
+
+    Convolutions already normalised are left as they are, so a block shared by two networks is
+    normalised once whichever network is processed first. Call it after the weight initialisation
+    (:func:`~modality_translation.networks.init.init_weights` writes the parametrisation's ``original``
+    either way).
+
+    Returns:
+        ``module`` itself.
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, _CONVOLUTIONS) and not parametrize.is_parametrized(layer, "weight"):
+            add_spectral_norm(layer)
+    return module
+
+
+def has_spectral_norm(module: nn.Module) -> bool:
+    """Whether any layer of ``module`` is spectrally normalised."""
+    return any(parametrize.is_parametrized(layer, "weight") for layer in module.modules())

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import torch
 from monai.networks.nets import PatchDiscriminator
-from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
 from modality_translation.networks.init import init_weights
-from modality_translation.networks.layers import check_norm, conv_bias
+from modality_translation.networks.layers import apply_spectral_norm, check_norm, conv_bias
 
 
 class PatchGANDiscriminator(PatchDiscriminator):
@@ -75,9 +73,7 @@ class PatchGANDiscriminator(PatchDiscriminator):
         )
         init_weights(self, init_type=init_type, gain=init_gain)
         if spectral_norm:
-            for module in list(self.modules()):
-                if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    add_spectral_norm(module)
+            apply_spectral_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the patch logits ``(batch, 1, *patch_grid)``."""

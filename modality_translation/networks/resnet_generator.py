@@ -7,52 +7,23 @@ extent uses reflection padding, as the reference does to reduce border artefacts
 Written here rather than taken from MONAI: :class:`monai.networks.blocks.Convolution` and
 :class:`monai.networks.blocks.ResidualUnit` pad with zeros only and put an activation after the second
 convolution of a residual unit, whereas the CycleGAN block is ``pad-conv-norm-ReLU-pad-conv-norm`` with
-reflection padding and no activation before the sum.
+reflection padding and no activation before the sum (:class:`~modality_translation.networks.residual_block.ResidualBlock`).
 """
 
 from __future__ import annotations
 
 import torch
-from monai.networks.layers.factories import Conv, Dropout
+from monai.networks.layers.factories import Conv
 from torch import nn
 
 from modality_translation.networks.init import init_weights
 from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer
+from modality_translation.networks.residual_block import ResidualBlock
 
 
 def _conv_norm_relu(conv: nn.Module, norm: str, spatial_dims: int) -> list[nn.Module]:
     """The generator's repeated unit: a convolution, its normalisation and ReLU."""
     return [conv, norm_layer(norm, spatial_dims, conv.out_channels), nn.ReLU()]
-
-
-class ResidualBlock(nn.Module):
-    """``x + (reflect-pad, conv3, norm, ReLU, [dropout], reflect-pad, conv3, norm)(x)``.
-
-    Args:
-        spatial_dims: 2 or 3.
-        channels: feature maps in and out.
-        norm: ``"instance"``, ``"batch"`` or ``"none"``.
-        dropout: dropout probability between the two convolutions (0 disables it).
-    """
-
-    def __init__(self, spatial_dims: int, channels: int, norm: str = "instance", dropout: float = 0.0) -> None:
-        super().__init__()
-        conv = Conv[Conv.CONV, spatial_dims]
-        bias = conv_bias(norm)
-        layers = _conv_norm_relu(
-            conv(channels, channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias), norm, spatial_dims
-        )
-        if dropout > 0:
-            layers.append(Dropout[Dropout.DROPOUT, spatial_dims](dropout))
-        layers += [
-            conv(channels, channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias),
-            norm_layer(norm, spatial_dims, channels),
-        ]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``x`` plus the residual branch (same shape as ``x``)."""
-        return x + self.body(x)
 
 
 class ResNetGenerator(nn.Module):

@@ -1,0 +1,331 @@
+"""A bundle's ablation, end to end: train, translate and evaluate every row's configuration, then tabulate.
+
+A bundle declares its ablation as overlay files in ``configs/ablation/``: each is merged over the
+bundle's ``train.json``, ``inference.json`` and ``evaluate.json`` (``--config_file "['...', '<overlay>']"``)
+and names its row::
+
+    {"ablation": {"row": 2, "name": "spectral_norm", "description": "baseline + spectral normalisation ..."},
+     "spectral_norm": ["encoder", "generator", "discriminator"], ...}
+
+For every row (in ``row`` order) :func:`run_ablation` runs, as a user would, ``python -m monai.bundle run
+training``, ``run inference`` and ``run evaluate`` with the overlay merged, each row in its own
+checkpoint and output folders, and then writes the table of the evaluation's figures per translation
+direction: ``ssim_masked`` (SSIM inside the head) and ``psnr_db``, mean and sample standard deviation
+over the held-out subjects, as Markdown (``ablation.md``) and CSV (``ablation.csv``). A killed run
+continues where it stopped when started again: a training resumes from its last checkpoint (a
+finished one returns at once), inference and evaluation are repeated.
+
+    python -m modality_translation.ablation bundles/unit_t1_t2 [--rows NAME ...] [--work-dir DIR]
+        [--table-dir DIR] [--set KEY=VALUE ...] [--train-set KEY=VALUE ...]
+
+``--set`` overrides go to all three stages (e.g. ``dataset_dir=...``, ``image_size=64``), ``--train-set``
+overrides to the training only (e.g. ``train#trainer#max_epochs=75``): a MONAI config refuses an
+override of a key it does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preprocessing.atomic import atomic_write_text
+from preprocessing.errors import PreprocessingError
+
+#: The bundle's config of each stage, and the order the stages run in.
+STAGES = {"training": "train.json", "inference": "inference.json", "evaluate": "evaluate.json"}
+#: Folder of the overlays in a bundle.
+ABLATION_FOLDER = Path("configs") / "ablation"
+#: Overlay keys that place a row's outputs, not part of its configuration.
+_PLACEMENT_KEYS = ("ablation", "ckpt_dir", "output_dir")
+#: Summary figures of the table: (key in metrics_summary.json, column title).
+FIGURES = (("ssim_masked", "SSIM (head)"), ("psnr_db", "PSNR (dB)"))
+
+
+class AblationError(PreprocessingError):
+    """An ablation that cannot run or whose stage failed (a ``ValueError`` naming the file and the problem)."""
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of an ablation: an overlay file and what it declares.
+
+    Attributes:
+        row: position in the table.
+        name: the row's name (unique; also its folder name).
+        description: what the row changes.
+        overlay: the overlay file.
+        settings: the overlay's configuration keys (without its placement keys), for the table.
+    """
+
+    row: int
+    name: str
+    description: str
+    overlay: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def read_rows(bundle: str | os.PathLike, names: Sequence[str] | None = None) -> list[AblationRow]:
+    """The rows of a bundle's ablation, in ``row`` order, or the ``names`` asked for, in that order.
+
+    Raises:
+        AblationError: no ``configs/ablation`` folder or overlay in it, an overlay that is not JSON or
+            lacks ``ablation.row`` / ``ablation.name``, two rows of one name, or an unknown name asked
+            for (naming the rows there are).
+    """
+    folder = Path(bundle) / ABLATION_FOLDER
+    overlays = sorted(folder.glob("*.json"))
+    if not overlays:
+        raise AblationError(folder, "holds no ablation overlay (*.json)")
+    rows = []
+    for path in overlays:
+        try:
+            content = json.loads(path.read_text())
+            declared = content["ablation"]
+            row = AblationRow(int(declared["row"]), str(declared["name"]), str(declared.get("description", "")), path,
+                              {key: value for key, value in content.items() if key not in _PLACEMENT_KEYS})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise AblationError(path, f"is not an ablation overlay with 'ablation': {{'row': N, 'name': ...}} ({error!r})") from None
+        rows.append(row)
+    rows.sort(key=lambda row: (row.row, row.name))
+    by_name = {}
+    for row in rows:
+        if row.name in by_name:
+            raise AblationError(row.overlay, f"row name {row.name!r} is also the name of {by_name[row.name].overlay}")
+        by_name[row.name] = row
+    if names is None:
+        return rows
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise AblationError(folder, f"has no row {', '.join(map(repr, unknown))}; its rows are {list(by_name)}")
+    return [by_name[name] for name in names]
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``["a#b=1", ...]`` -> ``{"a#b": "1"}``: config overrides, passed to ``monai.bundle`` as written.
+
+    Raises:
+        ValueError: for an entry without ``=`` or with an empty key.
+    """
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"an override is KEY=VALUE (e.g. train#trainer#max_epochs=75), got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def row_folders(row: AblationRow, bundle: Path, work_dir: Path | None) -> tuple[Path, Path]:
+    """``(checkpoint folder, output folder)`` of a row: ``<work_dir>/<name>/{models,eval}``, or without a work
+    folder the bundle's ``models/ablation/<name>`` and ``eval/ablation/<name>`` (those the overlays name)."""
+    if work_dir is not None:
+        return work_dir / row.name / "models", work_dir / row.name / "eval"
+    return bundle / "models" / "ablation" / row.name, bundle / "eval" / "ablation" / row.name
+
+
+def stage_command(bundle: Path, stage: str, row: AblationRow, ckpt_dir: Path, output_dir: Path,
+                  overrides: Mapping[str, str]) -> list[str]:
+    """The ``python -m monai.bundle run <stage>`` command of a row, its overlay merged over the stage's config."""
+    configs = [str(bundle / "configs" / STAGES[stage]), str(row.overlay)]
+    command = [sys.executable, "-m", "monai.bundle", "run", stage, "--config_file", repr(configs),
+               "--output_dir", str(output_dir)]
+    if stage != "evaluate":
+        command += ["--ckpt_dir", str(ckpt_dir)]
+    for key, value in overrides.items():
+        command += [f"--{key}", value]
+    return command
+
+
+def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str) -> None:
+    """Run one stage, its output in ``log``; raise naming the row, the stage and the log's last lines if it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        handle.write(" ".join(command) + "\n\n")
+        handle.flush()
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+    if status != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise AblationError(log, f"row {row.name!r}: {stage} failed with exit status {status}; last lines:\n{tail}")
+
+
+def read_row_metrics(output_dir: Path) -> dict[str, dict]:
+    """``{direction: metrics summary}`` of a row: every ``<output_dir>/<direction>/metrics_summary.json``, sorted.
+
+    Raises:
+        AblationError: when there is none (the evaluation wrote nothing).
+    """
+    summaries = {path.parent.name: json.loads(path.read_text()) for path in sorted(output_dir.glob("*/metrics_summary.json"))}
+    if not summaries:
+        raise AblationError(output_dir, "holds no <direction>/metrics_summary.json: the evaluation wrote nothing")
+    return summaries
+
+
+def _figure(summary: Mapping, key: str) -> tuple[float, float, int]:
+    """``(mean, std, n)`` of a summary entry; NaN where missing (the std of one subject is ``None``)."""
+    entry = summary.get(key) or {}
+
+    def number(name: str) -> float:
+        value = entry.get(name)
+        return math.nan if value is None else float(value)
+
+    return number("mean"), number("std"), int(entry.get("n") or 0)
+
+
+def _direction_title(direction: str) -> str:
+    source, _, target = direction.partition("_to_")
+    return f"{source.upper()} → {target.upper()}" if target else direction
+
+
+def _setting_text(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
+
+
+def table_rows(results: Sequence[tuple[AblationRow, Mapping[str, dict]]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The CSV columns and one record per row: its declaration, its settings, and per direction the
+    mean, standard deviation and subject count of every figure of :data:`FIGURES`."""
+    directions = sorted({direction for _, metrics in results for direction in metrics})
+    columns = ["row", "name", "description", "settings"]
+    for direction in directions:
+        for key, _ in FIGURES:
+            columns += [f"{direction}_{key}_mean", f"{direction}_{key}_std", f"{direction}_{key}_n"]
+    records = []
+    for row, metrics in results:
+        record: dict[str, Any] = {"row": row.row, "name": row.name, "description": row.description,
+                                  "settings": _setting_text(row.settings)}
+        for direction in directions:
+            for key, _ in FIGURES:
+                mean, std, count = _figure(metrics.get(direction, {}), key)
+                record.update({f"{direction}_{key}_mean": mean, f"{direction}_{key}_std": std, f"{direction}_{key}_n": count})
+        records.append(record)
+    return columns, records
+
+
+def _cell(mean: float, std: float, key: str) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    digits = 3 if key.startswith("ssim") else 2
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(std) else f"{mean:.{digits}f}"
+
+
+def markdown_table(results: Sequence[tuple[AblationRow, Mapping[str, dict]]], note: str = "") -> str:
+    """The ablation as a Markdown table: one line per row, mean ± sample std of each figure per direction."""
+    columns, records = table_rows(results)
+    directions = sorted({direction for _, metrics in results for direction in metrics})
+    header = ["#", "configuration"] + [f"{_direction_title(d)} {title}" for d in directions for _, title in FIGURES]
+    lines = [f"| {' | '.join(header)} |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    for (row, _), record in zip(results, records):
+        cells = [str(row.row), f"`{row.name}`: {row.description}"]
+        cells += [_cell(record[f"{d}_{key}_mean"], record[f"{d}_{key}_std"], key) for d in directions for key, _ in FIGURES]
+        lines.append(f"| {' | '.join(cells)} |")
+    counts = sorted({record[f"{d}_{FIGURES[0][0]}_n"] for record in records for d in directions})
+    footer = (f"\nMean ± sample standard deviation over the held-out subjects (n = {', '.join(map(str, counts))}); "
+              "SSIM inside the head mask (data range 2), PSNR on the [-1, 1] scale.")
+    return "\n".join(([note, ""] if note else []) + lines) + "\n" + footer + "\n"
+
+
+def write_tables(results: Sequence[tuple[AblationRow, Mapping[str, dict]]], table_dir: Path, note: str = "") -> tuple[Path, Path]:
+    """Write ``ablation.md`` and ``ablation.csv`` into ``table_dir`` (atomically); return their paths."""
+    table_dir.mkdir(parents=True, exist_ok=True)
+    columns, records = table_rows(results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    csv_path, md_path = table_dir / "ablation.csv", table_dir / "ablation.md"
+    atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_text(md_path, markdown_table(results, note))
+    return md_path, csv_path
+
+
+def run_ablation(
+    bundle: str | os.PathLike,
+    rows: Sequence[str] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    table_dir: str | os.PathLike | None = None,
+    overrides: Mapping[str, str] | None = None,
+    training_overrides: Mapping[str, str] | None = None,
+) -> tuple[Path, Path]:
+    """Train, translate and evaluate every row of a bundle's ablation, then write the tables.
+
+    Args:
+        bundle: the bundle folder (with ``configs/ablation/*.json``).
+        rows: names of the rows to run, in this order (default: all, in ``row`` order).
+        work_dir: folder of the rows' checkpoints, outputs and logs (``<work_dir>/<name>/``); default:
+            the bundle's ``models/ablation/<name>`` and ``eval/ablation/<name>``.
+        table_dir: folder of ``ablation.md`` and ``ablation.csv``; default: ``work_dir``, else the
+            bundle's ``eval/ablation``.
+        overrides: config overrides of every stage (``{"dataset_dir": "...", "image_size": "64"}``).
+        training_overrides: config overrides of the training only (``{"train#trainer#max_epochs": "75"}``).
+
+    Returns:
+        The paths of ``ablation.md`` and ``ablation.csv``.
+
+    Raises:
+        AblationError: a bad overlay or row name (before any run), or a stage that failed (naming the
+            row, the stage and its log).
+    """
+    bundle = Path(bundle).resolve()
+    selected = read_rows(bundle, rows)
+    work = None if work_dir is None else Path(work_dir).resolve()
+    tables = Path(table_dir) if table_dir is not None else (work or bundle / "eval" / "ablation")
+    overrides = dict(overrides or {})
+    results = []
+    for row in selected:
+        ckpt_dir, output_dir = row_folders(row, bundle, work)
+        logs = (work / row.name) if work is not None else output_dir
+        for stage in STAGES:
+            stage_overrides = {**overrides, **(training_overrides or {})} if stage == "training" else overrides
+            print(f"[ablation] row {row.row} {row.name}: {stage}", flush=True)
+            _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides),
+                       logs / f"{stage}.log", row, stage)
+        results.append((row, read_row_metrics(output_dir)))
+    settings = " ".join(f"--{key} {value}" for key, value in {**overrides, **(training_overrides or {})}.items())
+    note = (f"Ablation of `{bundle.name}`: each row trained, translated and evaluated with its overlay "
+            f"(`configs/ablation/<name>.json`){'; overrides: `' + settings + '`' if settings else ''}.")
+    return write_tables(results, tables, note)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m modality_translation.ablation BUNDLE [...]``; exit status 2 on a bad argument."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modality_translation.ablation",
+        description="Train, translate and evaluate every row of a bundle's ablation (configs/ablation/*.json) "
+                    "and write the table of SSIM inside the head and PSNR per row (ablation.md, ablation.csv).")
+    parser.add_argument("bundle", type=Path, help="the bundle folder, e.g. bundles/unit_t1_t2")
+    parser.add_argument("--rows", nargs="+", default=None, help="row names to run (default: all, in row order)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="checkpoints, outputs and logs of the rows (default: the bundle's models/ablation and eval/ablation)")
+    parser.add_argument("--table-dir", type=Path, default=None,
+                        help="where ablation.md and ablation.csv go (default: the work folder, else the bundle's eval/ablation)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of every stage, e.g. dataset_dir=demo_data/preprocessed (repeatable)")
+    parser.add_argument("--train-set", dest="training_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of the training only, e.g. train#trainer#max_epochs=75 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        training_overrides = parse_overrides(args.training_overrides)
+        read_rows(args.bundle, args.rows)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        md_path, csv_path = run_ablation(args.bundle, args.rows, args.work_dir, args.table_dir, overrides, training_overrides)
+    except AblationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"[ablation] tables: {md_path}, {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,6 +57,9 @@ TRUTH_PREFIX = "truth_"
 #: resampled onto its subject's T1 grid), as the preprocessing names them.
 SPACE_SEPARATOR = "_in_"
 
+#: ``<image>_in_<space>`` words of a file name (words: runs of letters and digits).
+_REGISTERED_NAME = re.compile(r"(?<![a-z0-9])([a-z0-9]+)_in_([a-z0-9]+)(?![a-z0-9])")
+
 #: Item keys whose values are file paths (besides the requested keys themselves).
 _PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices")
 _PATH_KEY_PREFIXES = (TRUTH_PREFIX,)
@@ -124,12 +127,36 @@ def modality_named_in(name: str, known: Iterable[str] = tuple(MODALITY_ALIASES))
     return found
 
 
+def registered_image_modalities(name: str, known: Iterable[str] = tuple(MODALITY_ALIASES)) -> set[str]:
+    """The image modalities of the ``<image>_in_<space>`` words of a name (``"sub_ct_in_t2_hu"`` -> ``{"ct"}``).
+
+    The preprocessing names a volume resampled into another modality's space this way; such a file
+    holds an image of ``<image>``, whatever ``<space>`` it lies in.
+
+    Args:
+        name: a file name or relative path.
+        known: modality names to recognise (both words must be one of them or an alias).
+
+    Returns:
+        The set of ``<image>`` modalities, lower case (empty when the name has no such word).
+    """
+    aliases = {alias: modality.lower() for modality in known
+               for alias in MODALITY_ALIASES.get(modality.lower(), (modality.lower(),))}
+    found = set()
+    for image, space in _REGISTERED_NAME.findall(name.lower()):
+        if image in aliases and space in aliases:
+            found.add(aliases[image])
+    return found
+
+
 def check_modality_name(path: str | os.PathLike, expected: str, name: str | None = None,
                         known: Iterable[str] = tuple(MODALITY_ALIASES)) -> None:
     """Raise if ``path`` is named after another modality than ``expected`` and not after ``expected``.
 
-    A name that mentions no modality, or ``expected`` among others (``truth_t2_in_t1``), passes: only
-    a name that speaks exclusively of other modalities is taken as a file of the wrong modality.
+    A name that mentions no modality, or ``expected`` among others, passes: only a name that speaks
+    exclusively of other modalities is taken as a file of the wrong modality. A name with an
+    ``<image>_in_<space>`` word (:func:`registered_image_modalities`) speaks of its image's modality
+    only: ``sub_ct_in_t2_hu.nii.gz`` is a CT, refused where a T2 is expected.
 
     Args:
         path: the file, for the error message.
@@ -144,7 +171,8 @@ def check_modality_name(path: str | os.PathLike, expected: str, name: str | None
         ModalityMismatchError: naming the file, the modality it is named after and the expected one.
     """
     expected = modality_of_key(expected)
-    found = modality_named_in(os.fspath(path) if name is None else name, {*known, expected})
+    name = os.fspath(path) if name is None else name
+    found = registered_image_modalities(name, {*known, expected}) or modality_named_in(name, {*known, expected})
     if found and expected not in found:
         raise ModalityMismatchError(
             path, f"is named as a {'/'.join(sorted(found)).upper()} image but is used as {expected.upper()}"

@@ -11,7 +11,7 @@ from modality_translation.data import (
     modality_named_in,
     pair_slices,
 )
-from modality_translation.data.datalist import modality_of_key
+from modality_translation.data.datalist import modality_of_key, registered_image_modalities
 from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
 
@@ -96,6 +96,15 @@ def test_keys_of_registered_volumes_and_truths_name_their_image_modality():
     check_modality_name("sub-001_t2_in_t1.nii.gz", "t2_in_t1")
     with pytest.raises(ModalityMismatchError, match="sub-001_t1.nii.gz: is named as a T1 image but is used as T2$"):
         check_modality_name("sub-001_t1.nii.gz", "truth_t2_in_t1")
+    # A volume resampled into another modality's space is an image of its own modality, not of the space's.
+    assert registered_image_modalities("sub-001_ct_in_t2_hu.nii.gz") == {"ct"}
+    assert registered_image_modalities("slices/t2_in_t1/sub-001_axial_0001.nii.gz") == {"t2"}
+    assert registered_image_modalities("sub-001_t2.nii.gz") == registered_image_modalities("sub_min_t2") == set()
+    check_modality_name("sub-001_ct_in_t2_hu.nii.gz", "truth_ct_in_t2")
+    with pytest.raises(ModalityMismatchError, match="sub-001_ct_in_t2_hu.nii.gz: is named as a CT image but is used as T2$"):
+        check_modality_name("sub-001_ct_in_t2_hu.nii.gz", "t2")
+    with pytest.raises(ModalityMismatchError, match="is named as a T2 image but is used as T1$"):
+        check_modality_name("sub-001_truth_t2_in_t1.nii.gz", "t1")
 
 
 def test_registered_volume_key_is_checked_as_its_image_modality(tmp_path):

@@ -37,6 +37,7 @@ __all__ = [
     "SHIPPED_CONFIGS",
     "ConfigError",
     "config_sha256",
+    "ct_pairing_config",
     "load_config",
     "merge_config",
     "output_min_spacing",
@@ -68,6 +69,7 @@ _OPEN_SECTIONS = {
     ("artefact", "options"),
     ("slices", "selection"),
     ("pairing", "registration"),
+    ("ct_pairing", "registration"),
     ("registration", "output_min_spacing_mm"),
     ("registration", "to_common_space"),
 }
@@ -130,6 +132,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # RegistrationConfig fields of the within-subject registration.
         "registration": {"transforms": ["Rigid"]},
     },
+    "ct_pairing": {
+        # The subject's CT onto its own MR (each modality of "fixed" the subject has), resampled into
+        # that MR's output grid: paired MR -> CT data (synthetic CT). Needs the CT's own artefact
+        # mask (artefact.mode per_subject) or no mask at all.
+        "enabled": False,
+        "fixed": ["t2"],
+        # false: the CT and the MR are delivered on one grid; that is checked, and the CT is
+        # resampled with the MR's own transforms only.
+        "register": True,
+        # RegistrationConfig fields over the CT's (registration.common + registration.ct); the
+        # metric is Mattes mutual information unless given here.
+        "registration": {"transforms": ["Rigid"]},
+    },
     "artefact": {
         "enabled": True,
         # per_subject: each CT's own mask, built on the CT as read (the scanner's resolution) and
@@ -179,7 +194,7 @@ class ConfigError(ValueError):
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a shipped configuration (``demo``, ``ixi``, ``cq500``).
+    """Path of a shipped configuration (one of :data:`SHIPPED_CONFIGS`).
 
     Raises:
         ConfigError: ``name`` is not a shipped configuration.
@@ -266,7 +281,7 @@ def load_config(spec: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Load, merge with the defaults, and check a configuration.
 
     Args:
-        spec: a shipped name (``demo``, ``ixi``, ``cq500``), a YAML/JSON file path, or a mapping
+        spec: a shipped name (:data:`SHIPPED_CONFIGS`), a YAML/JSON file path, or a mapping
             (merged over the defaults; may hold ``extends``).
 
     Returns:
@@ -331,6 +346,22 @@ def pairing_config(config: Mapping[str, Any]) -> RegistrationConfig:
     return RegistrationConfig.from_dict(values)
 
 
+def ct_pairing_config(config: Mapping[str, Any]) -> RegistrationConfig:
+    """Registration parameters of the CT onto its own MR (``ct_pairing``).
+
+    The CT's own parameters (``registration.common`` + ``registration.ct``, so the CT's
+    ``default_value``), with Mattes mutual information (CT and MR differ in contrast) and no
+    reference, then ``ct_pairing.registration``.
+
+    Raises:
+        ValueError: invalid registration options.
+    """
+    values = dataclasses.asdict(registration_config(config, "ct"))
+    values.update(metric="MI", syn_metric=None, histogram_matching=False, reference=None)
+    values.update(config["ct_pairing"].get("registration") or {})
+    return RegistrationConfig.from_dict(values)
+
+
 def slice_size(config: Mapping[str, Any], in_plane_shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """Slice output size from ``slices.size``; ``"auto"`` needs the in-plane shape of the volume grid.
 
@@ -358,7 +389,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check the values of a merged configuration (see :data:`DEFAULT_CONFIG`).
 
     Returns:
-        ``config`` itself, with ``input.modalities`` and ``pairing.moving`` lower-cased.
+        ``config`` itself, with ``input.modalities``, ``pairing.moving`` and ``ct_pairing.fixed``
+        lower-cased.
 
     Raises:
         ConfigError: the first invalid value found, naming its key.
@@ -426,6 +458,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         pairing_config(config)
     except (TypeError, ValueError) as error:
         raise _fail("pairing.registration", str(error)) from None
+    _check_ct_pairing(config)
 
     from preprocessing.artefact_mask import build_artefact_mask
 
@@ -475,6 +508,35 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config["qc"]["slices_in_strip"], int) or config["qc"]["slices_in_strip"] < 1:
         raise _fail("qc.slices_in_strip", "must be a whole number >= 1")
     return config
+
+
+def _check_ct_pairing(config: dict[str, Any]) -> None:
+    """``ct_pairing``: MR modalities to pair the CT with, and a CT mask that can follow the CT onto them."""
+    section = config["ct_pairing"]
+    fixed = section["fixed"]
+    if isinstance(fixed, str):
+        fixed = [fixed]
+    if not isinstance(fixed, list) or not fixed:
+        raise _fail("ct_pairing.fixed", f"must be a non-empty list of MR modalities such as [t2, t1], got {fixed!r}")
+    section["fixed"] = [str(m).lower() for m in fixed]
+    for modality in section["fixed"]:
+        if modality.upper() not in MR_MODALITIES:
+            raise _fail("ct_pairing.fixed", f"{modality!r} is not an MR modality "
+                        f"({', '.join(m.lower() for m in MR_MODALITIES)}): the CT is paired with the subject's own MR")
+    if len(set(section["fixed"])) != len(section["fixed"]):
+        raise _fail("ct_pairing.fixed", f"names a modality twice: {section['fixed']}")
+    if not isinstance(section["enabled"], bool) or not isinstance(section["register"], bool):
+        raise _fail("ct_pairing", "enabled and register must be true or false")
+    try:
+        ct_pairing_config(config)
+    except (TypeError, ValueError) as error:
+        raise _fail("ct_pairing.registration", str(error)) from None
+    artefact = config["artefact"]
+    if section["enabled"] and artefact["enabled"] and artefact["mode"] == "reference":
+        # The reference mask lies on the CT reference's grid; bringing it onto the subject's MR
+        # would take the inverse of the CT's deformable registration. The CT's own mask follows
+        # the CT's transforms instead.
+        raise _fail("ct_pairing", "needs the CT's own artefact mask (artefact.mode per_subject), not the reference's")
 
 
 def _check_range(value: Any, key: str) -> None:

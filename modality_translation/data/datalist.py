@@ -16,8 +16,11 @@ the file exists and is JSON, the split exists and is not empty, every item names
 every requested modality, every listed slice file exists, the first slice of each subject is a 2D
 (or 2.5D) image, and no file listed under one modality is named after another one. The keys the
 preprocessing writes for a volume registered into another modality's space (``t2_in_t1``: the T2 on
-its subject's T1 grid) and for a demo cohort's ground truth (``truth_ct_in_t2``) are requested like
-modalities; their files are checked against the modality of their image (T2, CT), not of the space.
+its subject's T1 grid; ``ct_in_t2``: the CT on its subject's own T2 grid, the pair of MR -> CT
+training, listed in the datalist's ``"pairs"`` as ``["ct", "t2"]``), for a CT in Hounsfield units
+(``ct_hu``, ``ct_in_t2_hu``) and for a demo cohort's ground truth (``truth_ct_in_t2``) are requested
+like modalities; their files are checked against the modality of their image (T2, CT), not of the
+space.
 
 Paths are resolved here rather than by :func:`monai.data.load_decathlon_datalist`: MONAI joins a
 value with the datalist folder only when the joined path exists (so a missing slice would be reported
@@ -54,14 +57,18 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
 #: Prefix of the keys of a demo cohort's ground truth (``truth_t2_in_t1``: the true T2 on the T1 grid).
 TRUTH_PREFIX = "truth_"
 #: Separator of the keys of a volume registered into another modality's space (``t2_in_t1``: the T2
-#: resampled onto its subject's T1 grid), as the preprocessing names them.
+#: resampled onto its subject's T1 grid; ``ct_in_t2``: the CT on its subject's T2 grid), as the
+#: preprocessing names them.
 SPACE_SEPARATOR = "_in_"
+#: Suffix of the keys of a CT volume kept in Hounsfield units (``ct_hu``, ``ct_in_t2_hu``) beside the
+#: windowed one.
+HU_SUFFIX = "_hu"
 
 #: ``<image>_in_<space>`` words of a file name (words: runs of letters and digits).
 _REGISTERED_NAME = re.compile(r"(?<![a-z0-9])([a-z0-9]+)_in_([a-z0-9]+)(?![a-z0-9])")
 
 #: Item keys whose values are file paths (besides the requested keys themselves).
-_PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices")
+_PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices", HU_SUFFIX)
 _PATH_KEY_PREFIXES = (TRUTH_PREFIX,)
 
 
@@ -82,14 +89,16 @@ def modality_of_key(key: str) -> str:
     """The modality of the image a datalist key names: its contrast, not the space it was resampled into.
 
     Args:
-        key: a modality (``"t1"``), a registered volume ``"<image>_in_<space>"`` (``"t2_in_t1"``) or a
-            ground truth ``"truth_<image>[_in_<space>]"`` (``"truth_ct_in_t2"``).
+        key: a modality (``"t1"``), a registered volume ``"<image>_in_<space>"`` (``"t2_in_t1"``,
+            ``"ct_in_t2"``), a CT in HU ``"ct_hu"`` / ``"ct_in_t2_hu"``, or a ground truth
+            ``"truth_<image>[_in_<space>]"`` (``"truth_ct_in_t2"``).
 
     Returns:
-        The image's modality, lower case: ``"t1"``, ``"t2"``, ``"ct"`` for the examples above.
+        The image's modality, lower case: ``"t1"``, ``"t2"``, ``"ct"``, ``"ct"``, ``"ct"`` for the
+        examples above.
     """
-    name = key.lower().removeprefix(TRUTH_PREFIX)
-    return name.partition(SPACE_SEPARATOR)[0]
+    name = key.lower().removeprefix(TRUTH_PREFIX).partition(SPACE_SEPARATOR)[0]
+    return name.removesuffix(HU_SUFFIX)
 
 
 def _is_path_key(key: str, modalities: Iterable[str]) -> bool:

@@ -43,11 +43,22 @@ def apply_mask(ct_hu: sitk.Image, mask: sitk.Image, outside_hu: float) -> sitk.I
     return like(masked.astype(np.float32, copy=False), ct_hu)
 
 
+def grid_difference(first: sitk.Image, second: sitk.Image, tolerance: float = 1e-6) -> str | None:
+    """How ``first``'s grid differs from ``second``'s (``None``: the same size, and spacing, origin
+    and direction within ``tolerance``, in mm and direction cosines)."""
+    if first.GetSize() != second.GetSize():
+        return f"size {list(first.GetSize())} differs from {list(second.GetSize())}"
+    for name in ("spacing", "origin", "direction"):
+        mine, theirs = (np.asarray(getattr(image, f"Get{name.title()}")()) for image in (first, second))
+        if not np.allclose(mine, theirs, rtol=0.0, atol=tolerance):
+            return (f"{name} {np.round(mine, 4).tolist()} differs from {np.round(theirs, 4).tolist()} "
+                    f"(by up to {np.abs(mine - theirs).max():.3g}, tolerance {tolerance:g})")
+    return None
+
+
 def same_grid(first: sitk.Image, second: sitk.Image) -> bool:
     """Whether two images share size, spacing, origin and direction (to 1e-6)."""
-    return first.GetSize() == second.GetSize() and all(
-        np.allclose(getattr(first, name)(), getattr(second, name)(), atol=1e-6)
-        for name in ("GetSpacing", "GetOrigin", "GetDirection"))
+    return grid_difference(first, second) is None
 
 
 def carried_mask(mask: sitk.Image, grid: sitk.Image, transforms: list[str]) -> sitk.Image:

@@ -97,15 +97,17 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
                 index = json.loads((output / entry[key]).read_text())
                 if index["slices"]:
                     slice_sizes[key[: -len("_slice_index")]] = index["slices"][0]["geometry"]["output_shape"]
-    pairing = config["pairing"]
+    pairing, ct_pairing = config["pairing"], config["ct_pairing"]
+    pairs = {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]} if pairing["enabled"] else {}
+    if ct_pairing["enabled"] and "ct" in modalities:
+        pairs.update({f"ct_in_{m}": ["ct", m] for m in ct_pairing["fixed"] if m in modalities})
     datalist = {
         "name": config["name"],
         "description": config["description"] or f"preprocessed with the '{config['name']}' configuration",
         "config": config["name"],
         "config_sha256": config_hash,
         "modalities": modalities,
-        "pairs": {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]}
-        if pairing["enabled"] else {},
+        "pairs": pairs,
         "ct_window": {**get_window(config["ct"]["window"]).to_dict(), "out_range": config["ct"]["out_range"],
                       "volumes": "ct: windowed, ct_hu: Hounsfield units"} if "ct" in modalities else None,
         "normalisation": config["mr"]["normalization"],

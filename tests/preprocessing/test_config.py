@@ -12,6 +12,7 @@ from preprocessing.config import (
     SHIPPED_CONFIGS,
     ConfigError,
     config_sha256,
+    ct_pairing_config,
     load_config,
     merge_config,
     pairing_config,
@@ -105,11 +106,37 @@ def test_mapping_input_and_registration_layers():
         ({"pseudonym": {"length": 4}}, "pseudonym.length"),
         ({"registration": {"output_min_spacing_mm": {"ct": -1}}}, "registration.output_min_spacing_mm"),
         ({"slices": 3}, "must be a mapping"),
+        ({"ct_pairing": {"fixd": ["t2"]}}, "unknown config key 'ct_pairing.fixd'"),
+        ({"ct_pairing": {"fixed": ["ct"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": ["t2", "xray"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": []}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": ["t2", "T2"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"register": "yes"}}, "ct_pairing"),
+        ({"ct_pairing": {"registration": {"transforms": ["Bent"]}}}, "ct_pairing.registration"),
+        ({"ct_pairing": {"enabled": True}, "artefact": {"mode": "reference"}}, "ct_pairing"),
     ],
 )
 def test_invalid_values_name_their_key(values, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(values)
+
+
+def test_ct_pairing_is_off_by_default_and_pairs_the_demo_ct_with_t2_and_t1():
+    default = load_config({})
+    assert not default["ct_pairing"]["enabled"] and default["ct_pairing"]["fixed"] == ["t2"]
+    assert ct_pairing_config(default).transforms == ("Rigid",)
+    demo = load_config("demo")
+    assert demo["ct_pairing"]["enabled"] and demo["ct_pairing"]["fixed"] == ["t2", "t1"]
+    assert demo["ct_pairing"]["register"]
+    # The CT's own parameters (its outside value, the demo's levels in mm), with mutual information
+    # even where the CT's reference registration uses another metric.
+    config = ct_pairing_config(load_config({"extends": "demo", "registration": {"ct": {"metric": "CC"}},
+                                            "ct_pairing": {"fixed": "T1"}}))
+    assert config.metric == "MI" and config.default_value == -1024.0 and config.level_unit == "mm"
+    assert config.transforms == ("Rigid", "Affine") and config.reference is None
+    assert load_config({"ct_pairing": {"fixed": "T1"}})["ct_pairing"]["fixed"] == ["t1"]
+    # Without a CT mask the pairing needs none.
+    assert load_config({"ct_pairing": {"enabled": True}, "artefact": {"enabled": False, "mode": "reference"}})
 
 
 def test_unknown_name_and_missing_file():

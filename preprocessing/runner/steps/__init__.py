@@ -2,8 +2,8 @@
 
 Read (phase 1, :mod:`.read`) → CT artefact mask on the CT as read (``per_subject`` mode) →
 registration onto each modality's reference → CT artefact mask on the registered grid and CT window →
-MR head mask and normalisation → T2 (and other MR) onto the subject's own T1 → slices → demo truth →
-QC montages. Each step declares the values it reads and writes (:mod:`.base`).
+MR head mask and normalisation → T2 (and other MR) onto the subject's own T1 → the CT onto the
+subject's own MR (``ct_pairing``) → slices → demo truth → QC montages. Each step declares the values it reads and writes (:mod:`.base`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from preprocessing.runner.steps.ct import MaskAndWindowCT
 from preprocessing.runner.steps.holder import RemoveHolderAsRead
 from preprocessing.runner.steps.normalise import NormaliseMR
 from preprocessing.runner.steps.pair import PairWithinSubject
+from preprocessing.runner.steps.pair_ct import PairCTWithOwnMR
 from preprocessing.runner.steps.qc import DrawQC
 from preprocessing.runner.steps.read import read_job
 from preprocessing.runner.steps.register import RegisterToReferences
@@ -39,6 +40,7 @@ PIPELINE: tuple[Step, ...] = (
     MaskAndWindowCT(),
     NormaliseMR(),
     PairWithinSubject(),
+    PairCTWithOwnMR(),
     ExtractSlices(),
     CarryTruth(),
     DrawQC(),

@@ -12,7 +12,11 @@ from preprocessing.runner.steps.base import Step, SubjectContext
 
 
 class ExtractSlices(Step):
-    """Slices under ``slices/<key>/`` with their geometry index (a pair shares its T1's mask, hence slices)."""
+    """Slices under ``slices/<key>/`` with their geometry index.
+
+    A pair (``t2_in_t1``, ``ct_in_t2``) shares its fixed volume's grid and mask, hence its slices:
+    slice i of ``ct_in_t2`` is cut where slice i of ``t2`` is.
+    """
 
     reads = ("volumes", "masks", "entry")
     writes = ("entry", "strips")
@@ -28,9 +32,11 @@ class ExtractSlices(Step):
         made: dict[str, dict[str, Any]] = {key: {} for key in self.writes}
         for key, volume in values["volumes"].items():
             with context.timer(f"slice.{key}"):
-                out_range = context.config["ct"]["out_range"] if key == "ct" else normalization["out_range"]
+                # "ct", and "ct_in_t2" (the CT on the T2's grid): windowed CT; the other keys are MR.
+                is_ct = key.partition("_in_")[0] == "ct"
+                out_range = context.config["ct"]["out_range"] if is_ct else normalization["out_range"]
                 # z-scores have no fixed range: they are sliced as they are.
-                intensity = None if key != "ct" and normalization["method"] == "zscore" else out_range
+                intensity = None if not is_ct and normalization["method"] == "zscore" else out_range
                 axis = resolve_axis(spec["axis"], volume.GetDirection())
                 in_plane = tuple(n for a, n in enumerate(sitk.GetArrayViewFromImage(volume).shape) if a != axis)
                 slices, geometries = extract_slices(

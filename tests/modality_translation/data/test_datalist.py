@@ -140,6 +140,30 @@ def test_truth_key_is_checked_as_its_image_modality(tmp_path):
     assert error.value.path == str(tmp_path / "sub-003/t2.nii.gz")
 
 
+def test_ct_paired_onto_its_own_mr_is_checked_as_ct(tmp_path):
+    # The preprocessing's ct_pairing layout: the CT on its subject's T2 grid under "ct_in_t2", in HU
+    # under "ct_in_t2_hu", paired slice by slice with "t2_slices".
+    assert [modality_of_key(k) for k in ("ct_in_t2", "ct_in_t1_hu", "ct_hu", "truth_ct_in_t2")] == ["ct"] * 4
+    path = write_cohort(tmp_path, modalities=("t2", "ct_in_t2"), declared=["ct", "t1", "t2"])
+    edit_datalist(path, lambda c: [item.update(ct_in_t2_hu=f"{item['subject']}/ct_in_t2_hu.nii.gz")
+                                   for split in ("training", "validation", "test") for item in c[split]])
+    items = load_translation_datalist(path, "training", modalities=("t2", "ct_in_t2"))
+    assert items[0]["ct_in_t2_slices"][1] == str(tmp_path / "sub-001/slices/ct_in_t2/sub-001_axial_0001.nii.gz")
+    assert items[0]["ct_in_t2_hu"] == str(tmp_path / "sub-001/ct_in_t2_hu.nii.gz")  # a path, resolved
+    assert len(pair_slices(items, "t2_slices", "ct_in_t2_slices")) == 6
+
+    def t2_as_ct_in_t2(content):
+        content["training"][0]["ct_in_t2_slices"][1] = content["training"][0]["t2_slices"][1]
+
+    edit_datalist(path, t2_as_ct_in_t2)
+    with pytest.raises(ModalityMismatchError, match="is named as a T2 image but is used as CT") as error:
+        load_translation_datalist(path, "training", modalities=("t2", "ct_in_t2"))
+    assert error.value.path == str(tmp_path / "sub-001/slices/t2/sub-001_axial_0001.nii.gz")
+    no_ct = write_cohort(tmp_path / "mr_only", modalities=("t2", "ct_in_t2"), declared=["t1", "t2"])
+    with pytest.raises(DatalistError, match=r"modalities \['ct \(ct_in_t2\)'\] are not among"):
+        load_translation_datalist(no_ct, "training", modalities=("t2", "ct_in_t2"))
+
+
 def test_registered_volume_of_an_undeclared_modality(tmp_path):
     path = write_cohort(tmp_path, modalities=("t1", "flair_in_t1"), declared=["t1", "t2"])
     with pytest.raises(DatalistError, match=r"modalities \['flair \(flair_in_t1\)'\] are not among"):

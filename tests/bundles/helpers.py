@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = REPO_ROOT / "bundles"
 SCHEMA = Path(__file__).resolve().parent / "meta_schema_20240725.json"
 
-#: The demo preprocessing made fast for tests: rigid registration with few iterations, no QC
-#: images, 32 x 32 slices.
+#: The demo preprocessing made fast for tests: rigid registration with few iterations (the CT
+#: paired onto its own T2 and T1 rigidly too), no QC images, 32 x 32 slices.
 FAST_PREPROCESSING = {
     "extends": "demo",
     "registration": {
@@ -40,6 +40,7 @@ FAST_PREPROCESSING = {
         }
     },
     "pairing": {"registration": {"transforms": ["Rigid"]}},
+    "ct_pairing": {"registration": {"transforms": ["Rigid"]}},
     "qc": {"enabled": False},
     "slices": {"size": 32},
 }

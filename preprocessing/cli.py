@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "volumes, masks, transforms, slices, QC montages, dataset.json (MONAI datalist) and a report out.",
     )
     run.add_argument("--config", required=True,
-                     help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500)")
-    run.add_argument("--input", required=True, help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree)")
+                     help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500, synthrad2023)")
+    run.add_argument("--input", required=True,
+                     help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree, SynthRAD2023 task folder)")
     run.add_argument("--output", required=True, help="output folder (created if needed; finished subjects are kept)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_count, default=None,

@@ -2,7 +2,7 @@
 
 A configuration is a nested mapping (YAML or JSON). Every key has a default here
 (:data:`DEFAULT_CONFIG`); a configuration file only states what differs. The shipped
-configurations (``demo``, ``ixi``, ``cq500`` in ``preprocessing/configs/``) are selected by name,
+configurations (``demo``, ``ixi``, ``cq500``, ``synthrad2023`` in ``preprocessing/configs/``) are selected by name,
 and a user file can start from one of them with ``extends: <name or path>``.
 
 Checking is strict: an unknown key anywhere is an error naming its dotted path, so that a typo
@@ -51,13 +51,15 @@ __all__ = [
 ]
 
 #: Names accepted by ``--config`` instead of a file path.
-SHIPPED_CONFIGS = ("demo", "ixi", "cq500")
+SHIPPED_CONFIGS = ("demo", "ixi", "cq500", "synthrad2023")
 
 #: Input layouts the runner recognises (see :func:`preprocessing.runner.discover_subjects`).
-LAYOUTS = ("auto", "demo", "ixi", "cq500")
-ARTEFACT_MODES = ("reference", "per_subject")
+LAYOUTS = ("auto", "demo", "ixi", "cq500", "synthrad2023")
+#: Layouts that deliver a head mask with each subject (the ``given`` artefact mode and head mask).
+LAYOUTS_WITH_MASKS = ("synthrad2023",)
+ARTEFACT_MODES = ("reference", "per_subject", "given")
 NORMALIZATION_METHODS = ("zscore", "percentile")
-HEAD_MASK_METHODS = ("otsu", "noise")
+HEAD_MASK_METHODS = ("otsu", "noise", "given")
 
 # Keys whose value is a free-form mapping checked by another parser (or free by design); the
 # strict unknown-key check stops at them.
@@ -82,7 +84,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # registration.common.random_seed.
     "seed": 0,
     "input": {
-        # auto | demo | ixi | cq500 (see preprocessing.runner.discover_subjects).
+        # auto | demo | ixi | cq500 | synthrad2023 (see preprocessing.runner.discover_subjects).
         "layout": "auto",
         # Modalities to process (lower case: ct, t1, t2, pd, mra); null: every modality found.
         "modalities": None,
@@ -135,11 +137,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "ct_pairing": {
         # The subject's CT onto its own MR (each modality of "fixed" the subject has), resampled into
         # that MR's output grid: paired MR -> CT data (synthetic CT). Needs the CT's own artefact
-        # mask (artefact.mode per_subject) or no mask at all.
+        # mask (artefact.mode per_subject or given) or no mask at all.
         "enabled": False,
         "fixed": ["t2"],
-        # false: the CT and the MR are delivered on one grid; that is checked, and the CT is
-        # resampled with the MR's own transforms only.
+        # false: the CT and the MR are delivered on one grid (SynthRAD2023); that is checked, and the
+        # CT is resampled with the MR's own transforms only.
         "register": True,
         # RegistrationConfig fields over the CT's (registration.common + registration.ct); the
         # metric is Mattes mutual information unless given here.
@@ -150,7 +152,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # per_subject: each CT's own mask, built on the CT as read (the scanner's resolution) and
         # carried with its transforms; reference: the CT study's one mask, built on the reference
         # CT and applied to every registered CT, which loses the head where a registered head
-        # extends beyond the reference's (docs/preprocessing.md, step 4).
+        # extends beyond the reference's (docs/preprocessing.md, step 4); given: the mask delivered
+        # with the input (synthrad2023 layout), carried like a per_subject mask.
         "mode": "per_subject",
         # Keyword arguments of preprocessing.artefact_mask.build_artefact_mask (threshold_hu,
         # n_erosions, margin...); its defaults are chosen by that module.
@@ -165,6 +168,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "out_range": [-1.0, 1.0],
     },
     "mr": {
+        # method: otsu | noise (preprocessing.normalization.head_mask_mr) | given (the mask delivered
+        # with the input, synthrad2023 layout, carried with the volume's transforms).
         "head_mask": {"method": "otsu", "closing_radius": 0},
         "normalization": {
             "method": "percentile",
@@ -470,6 +475,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise _fail("artefact.mode", f"must be one of {', '.join(ARTEFACT_MODES)}, got {config['artefact']['mode']!r}")
     if config["artefact"]["mode"] == "reference" and not registration["enabled"] and config["artefact"]["enabled"]:
         raise _fail("artefact.mode", "'reference' needs registration (registration.enabled); use 'per_subject'")
+    if config["artefact"]["mode"] == "given" and config["artefact"]["enabled"]:
+        _check_masks_delivered(config, "artefact.mode")
 
     try:
         get_window(config["ct"]["window"])
@@ -480,6 +487,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     mr = config["mr"]
     if mr["head_mask"]["method"] not in HEAD_MASK_METHODS:
         raise _fail("mr.head_mask.method", f"must be one of {', '.join(HEAD_MASK_METHODS)}")
+    if mr["head_mask"]["method"] == "given":
+        _check_masks_delivered(config, "mr.head_mask.method")
     normalization = mr["normalization"]
     if normalization["method"] not in NORMALIZATION_METHODS:
         raise _fail("mr.normalization.method", f"must be one of {', '.join(NORMALIZATION_METHODS)}, got {normalization['method']!r}")
@@ -510,6 +519,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _check_masks_delivered(config: Mapping[str, Any], key: str) -> None:
+    """A ``given`` mask needs an input layout that delivers one (or ``auto``, which may find one)."""
+    layout = config["input"]["layout"]
+    if layout not in ("auto", *LAYOUTS_WITH_MASKS):
+        raise _fail(key, f"'given' uses the mask delivered with the input, which the {layout!r} layout has none of "
+                    f"(layouts with masks: {', '.join(LAYOUTS_WITH_MASKS)})")
+
+
 def _check_ct_pairing(config: dict[str, Any]) -> None:
     """``ct_pairing``: MR modalities to pair the CT with, and a CT mask that can follow the CT onto them."""
     section = config["ct_pairing"]
@@ -536,7 +553,8 @@ def _check_ct_pairing(config: dict[str, Any]) -> None:
         # The reference mask lies on the CT reference's grid; bringing it onto the subject's MR
         # would take the inverse of the CT's deformable registration. The CT's own mask follows
         # the CT's transforms instead.
-        raise _fail("ct_pairing", "needs the CT's own artefact mask (artefact.mode per_subject), not the reference's")
+        raise _fail("ct_pairing", "needs the CT's own artefact mask (artefact.mode per_subject or given), "
+                    "not the reference's")
 
 
 def _check_range(value: Any, key: str) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.dicom import to_canonical
+from preprocessing.errors import GeometryError
 from preprocessing.nifti import read_nifti
 from preprocessing.registration import RegistrationResult, apply_transforms, save_transforms
 from preprocessing.runner.common import NIFTI_SUFFIXES, jsonable, like
@@ -54,6 +55,31 @@ def grid_difference(first: sitk.Image, second: sitk.Image, tolerance: float = 1e
             return (f"{name} {np.round(mine, 4).tolist()} differs from {np.round(theirs, 4).tolist()} "
                     f"(by up to {np.abs(mine - theirs).max():.3g}, tolerance {tolerance:g})")
     return None
+
+
+#: Largest difference of spacing and origin (mm) and direction (cosines) between volumes delivered on
+#: one grid (SynthRAD2023's CT, MR and mask): they are written from one resampling, and their NIfTI
+#: headers hold float32 values, which round a 200 mm origin to about 1e-5 mm, far below this.
+GRID_TOLERANCE = 1e-3
+
+
+def check_one_grid(image: sitk.Image, other: sitk.Image, image_file: str | os.PathLike,
+                   other_file: str | os.PathLike, needed_by: str) -> None:
+    """Raise unless two volumes delivered on one grid do share it (within :data:`GRID_TOLERANCE`).
+
+    Args:
+        image, other: the two volumes as read.
+        image_file: the file of ``image``, named by the error.
+        other_file: the file of ``other``, named by its file name.
+        needed_by: what needs the shared grid, for the message.
+
+    Raises:
+        GeometryError: naming ``image_file``, ``other_file``'s name and what differs.
+    """
+    difference = grid_difference(image, other, GRID_TOLERANCE)
+    if difference is not None:
+        raise GeometryError(image_file, f"not on the grid of the subject's {Path(other_file).name}: {difference}; "
+                            f"{needed_by}")
 
 
 def same_grid(first: sitk.Image, second: sitk.Image) -> bool:

@@ -145,6 +145,7 @@ def read_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, output: 
     names, anywhere = _redaction(inputs)
     jobs = {source.subject: {"subject": source.subject, "volumes": {m: str(p) for m, p in source.volumes.items()},
                              "truth": str(source.truth) if source.truth else None, "problems": source.problems,
+                             "mask": str(source.mask) if source.mask else None,
                              "cache": str(output / "cache" / source.subject), "dicom": config["input"]["dicom"],
                              "names": names, "anywhere": anywhere}
             for source in inputs.subjects}
@@ -181,6 +182,7 @@ def process_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, reads
             "subject": source.subject, "output": str(output), "config": config, "modalities": modalities,
             "volumes": {m: str(p) for m, p in source.volumes.items()}, "references": used,
             "truth": str(source.truth) if source.truth else None, "inputs_sha256": read["inputs_sha256"],
+            "mask": str(source.mask) if source.mask else None,
             "names": names, "anywhere": anywhere, "identifiers": read["identifiers"], "key": key}
     # Longest first: the last subjects to start are then the shortest, so the workers finish
     # together instead of one waiting for the other's last large subject.

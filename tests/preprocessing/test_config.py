@@ -41,6 +41,16 @@ def test_shipped_configs_differ_where_the_data_differ():
     assert demo["slices"]["size"] == "auto" and ixi["slices"]["size"] == 256
 
 
+def test_synthrad2023_config_pairs_without_registering_and_uses_the_delivered_mask():
+    config = load_config("synthrad2023")
+    assert config["input"]["layout"] == "synthrad2023" and config["input"]["modalities"] == ["ct", "t1"]
+    assert not config["registration"]["enabled"] and not config["pairing"]["enabled"]
+    assert config["ct_pairing"] == {**config["ct_pairing"], "enabled": True, "fixed": ["t1"], "register": False}
+    assert config["artefact"]["mode"] == "given" and config["mr"]["head_mask"]["method"] == "given"
+    assert config["artefact"]["outside_hu"] == -1024.0
+    assert (config["ct"]["window"]["center"], config["ct"]["window"]["width"]) == (988, 4024)  # [-1024, 3000] HU
+
+
 def test_yaml_and_json_files_merge_over_the_defaults(tmp_path):
     values = {"name": "mine", "ct": {"window": "bone"}, "slices": {"size": [128, 96]}}
     for path, text in ((tmp_path / "c.yaml", yaml.safe_dump(values)), (tmp_path / "c.json", json.dumps(values))):
@@ -114,6 +124,8 @@ def test_mapping_input_and_registration_layers():
         ({"ct_pairing": {"register": "yes"}}, "ct_pairing"),
         ({"ct_pairing": {"registration": {"transforms": ["Bent"]}}}, "ct_pairing.registration"),
         ({"ct_pairing": {"enabled": True}, "artefact": {"mode": "reference"}}, "ct_pairing"),
+        ({"input": {"layout": "ixi"}, "artefact": {"mode": "given"}}, "artefact.mode"),
+        ({"input": {"layout": "demo"}, "mr": {"head_mask": {"method": "given"}}}, "mr.head_mask.method"),
     ],
 )
 def test_invalid_values_name_their_key(values, message):

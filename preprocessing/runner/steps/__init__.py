@@ -84,9 +84,15 @@ def _process_subject(job: dict, folder: Path, timer: Timer) -> tuple[dict, dict]
     cache = Path(job["output"]) / "cache" / job["subject"]
     raw_inputs = {m: [input_record(cache / f"{m}.nii", f"{job['subject']}/{m}", "input volume",
                                    sha256=job["inputs_sha256"][m])] for m in job["modalities"]}
+    given = {}
+    if job.get("mask"):  # delivered with the volumes (SynthRAD2023)
+        raw_inputs["mask"] = [input_record(cache / "mask.nii", f"{job['subject']}/mask", "input mask",
+                                           sha256=job["inputs_sha256"]["mask"])]
+        given["mask"] = read_image(cache / "mask.nii")
     context = SubjectContext(job, folder, timer, SubjectWriter(Path(job["output"]), folder), raw_inputs)
     values = run_steps(PIPELINE, context, {
         "raw": {m: read_image(cache / f"{m}.nii") for m in job["modalities"]},
+        "given": given,
         "entry": {"subject": job["subject"]},
         "registration": {},
     })

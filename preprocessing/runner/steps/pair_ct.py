@@ -10,19 +10,19 @@ from typing import Any
 import SimpleITK as sitk
 
 from preprocessing.config import ct_pairing_config, registration_config
-from preprocessing.errors import GeometryError
 from preprocessing.registration import RegistrationConfig, RegistrationResult, register
-from preprocessing.runner.imaging import apply_mask, by_position, carried_mask, grid_difference, warp
-from preprocessing.runner.imaging import save_transforms_reproducibly
+from preprocessing.runner.imaging import (
+    apply_mask,
+    by_position,
+    carried_mask,
+    check_one_grid,
+    save_transforms_reproducibly,
+    warp,
+)
 from preprocessing.runner.steps.base import Step, SubjectContext
 from preprocessing.runner.steps.ct import windowed_ct
 
-__all__ = ["GRID_TOLERANCE", "PairCTWithOwnMR", "check_one_grid", "mutual_information", "register_ct_to_mr"]
-
-#: Largest difference of spacing and origin (mm) and direction (cosines) between a CT and an MR
-#: delivered on one grid. SynthRAD2023 writes both from one resampling; their NIfTI headers hold
-#: float32 values, which round a 200 mm origin to about 1e-5 mm, far below this.
-GRID_TOLERANCE = 1e-3
+__all__ = ["PairCTWithOwnMR", "mutual_information", "register_ct_to_mr"]
 
 
 def mutual_information(first: sitk.Image, second: sitk.Image) -> float:
@@ -58,19 +58,6 @@ def register_ct_to_mr(ct: sitk.Image, mr: sitk.Image, config: RegistrationConfig
     before = by_position(ct, mr, config.default_value)
     metrics = {"nmi_before": mutual_information(mr, before), "nmi_after": mutual_information(mr, result.warped)}
     return dataclasses.replace(result, metrics=metrics)
-
-
-def check_one_grid(ct: sitk.Image, mr: sitk.Image, ct_file: str | Path, mr_file: str | Path) -> None:
-    """Raise unless a CT and an MR delivered as already paired lie on one grid.
-
-    Raises:
-        GeometryError: naming the CT file, the MR file and what differs (size, spacing, origin or
-            direction beyond :data:`GRID_TOLERANCE`).
-    """
-    difference = grid_difference(ct, mr, GRID_TOLERANCE)
-    if difference is not None:
-        raise GeometryError(ct_file, f"not on the grid of the subject's MR {Path(mr_file).name}: {difference}; "
-                            "ct_pairing.register false needs the CT and the MR on one grid")
 
 
 class PairCTWithOwnMR(Step):
@@ -115,7 +102,8 @@ class PairCTWithOwnMR(Step):
                     made["entry"][f"{key}_transforms"] = writer.relative(context.transforms / f"{prefix}transforms.json")
                     pair_transforms = list(result.forward_transforms)
                 else:
-                    check_one_grid(raw["ct"], raw[fixed], context.job["volumes"]["ct"], context.job["volumes"][fixed])
+                    check_one_grid(raw["ct"], raw[fixed], context.job["volumes"]["ct"], context.job["volumes"][fixed],
+                                   "ct_pairing.register false needs the CT and the MR on one grid")
                     made["registration"][key] = {"nmi": round(mutual_information(raw[fixed], ct), 6)}
                     pair_transforms = []
                 # One resampling of the CT as read: through the pair transform into the raw MR, then

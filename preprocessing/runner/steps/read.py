@@ -15,13 +15,25 @@ from preprocessing.errors import PreprocessingError
 from preprocessing.nifti import read_nifti
 from preprocessing.provenance import files_sha256
 from preprocessing.pseudonym import Redactor, dicom_identifiers
-from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, hash_input, reason, write_image_plain
+from preprocessing.runner.common import (
+    AIR,
+    NIFTI_SUFFIXES,
+    STATUS_FAILED,
+    STATUS_OK,
+    hash_input,
+    reason,
+    write_image_plain,
+)
 
 __all__ = ["read_job"]
 
 
 def read_job(job: dict) -> dict:
-    """Phase 1 for one subject: hash the inputs and read every volume into the cache."""
+    """Phase 1 for one subject: hash the inputs and read every volume (and a delivered mask) into the cache.
+
+    A CT is a DICOM folder, or a NIfTI file in HU (SynthRAD2023); an MR and a mask are NIfTI files.
+    The cache holds ``<modality>.nii`` and ``mask.nii``.
+    """
     start = time.perf_counter()
     redact = Redactor(job["names"], anywhere=job["anywhere"])
     cache = Path(job["cache"])
@@ -35,6 +47,9 @@ def read_job(job: dict) -> dict:
         if job["problems"]:
             raise PreprocessingError(None, "; ".join(job["problems"]))
         hashes = {m: hash_input(p) for m, p in volumes.items()}
+        if job.get("mask"):
+            volumes["mask"] = Path(job["mask"])
+            hashes["mask"] = hash_input(volumes["mask"])
         if job["truth"]:
             truth = Path(job["truth"])
             hashes["truth"] = files_sha256([p for p in truth.rglob("*") if p.is_file()], truth)
@@ -47,12 +62,12 @@ def read_job(job: dict) -> dict:
             metadata = {}
             for modality, path in volumes.items():
                 step = time.perf_counter()
-                if modality == "ct":
+                if modality == "ct" and not path.name.lower().endswith(NIFTI_SUFFIXES):
                     image, info = read_dicom_series(path, job["dicom"])
                     metadata[modality] = {k: info[k] for k in ("series_description", "number_of_slices",
                                                                "slice_thickness_mm", "kvp", "findings") if k in info}
                 else:
-                    image = read_nifti(path)
+                    image = read_nifti(path, AIR.get(modality, 0.0))
                     metadata[modality] = {"file": redact(path.name)}
                 if image.GetPixelID() != sitk.sitkFloat32:
                     image = sitk.Cast(image, sitk.sitkFloat32)

@@ -13,8 +13,8 @@ from preprocessing.demo.grid import Grid
 from preprocessing.errors import GeometryError
 from preprocessing.registration import map_fixed_points_to_moving
 from preprocessing.runner.demo_truth import grid_image
-from preprocessing.runner.imaging import warp
-from preprocessing.runner.steps.pair_ct import check_one_grid, register_ct_to_mr
+from preprocessing.runner.imaging import check_one_grid, warp
+from preprocessing.runner.steps.pair_ct import register_ct_to_mr
 
 SPACING = 4.0
 #: Per label (air, scalp, fat, cortical bone, CSF, grey and white matter, ventricles, diploë): CT in
@@ -79,14 +79,16 @@ def test_ct_registration_onto_own_mr_recovers_a_known_rigid_motion(head):
 
 def test_ct_and_mr_delivered_paired_must_share_one_grid(head, tmp_path):
     _, ct, mr = head
-    check_one_grid(ct, mr, tmp_path / "s1" / "ct.nii.gz", tmp_path / "s1" / "mr.nii.gz")
+    why = "ct_pairing.register false needs the CT and the MR on one grid"
+    check_one_grid(ct, mr, tmp_path / "s1" / "ct.nii.gz", tmp_path / "s1" / "mr.nii.gz", why)
     nudged = sitk.Image(mr)
     nudged.SetOrigin(tuple(o + d for o, d in zip(mr.GetOrigin(), (0.0, 0.0, 0.0005))))
-    check_one_grid(ct, nudged, "ct.nii.gz", "mr.nii.gz")  # float32 header rounding is far below this
+    check_one_grid(ct, nudged, "ct.nii.gz", "mr.nii.gz", why)  # float32 header rounding is far below this
     shifted = sitk.Image(mr)
     shifted.SetOrigin(tuple(o + d for o, d in zip(mr.GetOrigin(), (0.0, 2.0, 0.0))))
-    with pytest.raises(GeometryError, match=r"ct\.nii\.gz: not on the grid of the subject's MR mr\.nii\.gz: origin") as error:
-        check_one_grid(ct, shifted, tmp_path / "s1" / "ct.nii.gz", tmp_path / "s1" / "mr.nii.gz")
+    with pytest.raises(GeometryError, match=r"ct\.nii\.gz: not on the grid of the subject's mr\.nii\.gz: origin .* "
+                                            r"\(by up to 2, tolerance 0\.001\); ct_pairing") as error:
+        check_one_grid(ct, shifted, tmp_path / "s1" / "ct.nii.gz", tmp_path / "s1" / "mr.nii.gz", why)
     assert error.value.path == str(tmp_path / "s1" / "ct.nii.gz")
     with pytest.raises(GeometryError, match=r"size \[48, 56, 52\] differs from \[48, 56, 51\]"):
-        check_one_grid(ct, sitk.Extract(mr, [48, 56, 51], [0, 0, 0]), "ct.nii.gz", "mr.nii.gz")
+        check_one_grid(ct, sitk.Extract(mr, [48, 56, 51], [0, 0, 0]), "ct.nii.gz", "mr.nii.gz", why)

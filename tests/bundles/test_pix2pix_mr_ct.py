@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -185,6 +186,17 @@ def test_evaluation_follows_synthrad_and_gives_the_mae_per_tissue_class(demo_dat
     assert evaluation["conventions"] == "SynthRAD2023" and evaluation["data_range"] == 4024.0
     assert evaluation["psnr_ssim_clip_hu"] == [-1024.0, 3000.0] and evaluation["labels_key"] == "truth_labels_in_t2"
     assert evaluation["tissue_classes"] == {"air": [0], "soft_tissue": [1, 2, 4, 5, 6, 7], "bone": [3, 8]}
+
+
+def test_evaluation_against_the_subjects_own_ct_without_labels(demo_dataset, inferred, tmp_path):
+    """A cohort without truth (SynthRAD2023): the registered CT in HU as the target, no tissue classes."""
+    shutil.copytree(inferred / "t2_to_ct", tmp_path / "t2_to_ct")
+    run_in_process("evaluate", config_file=str(CONFIGS / "evaluate.json"), logging_file=False,
+                   dataset_dir=str(demo_dataset), output_dir=str(tmp_path), target_key="ct_in_t2_hu", labels_key="$None")
+    rows, summary = read_metrics(tmp_path / "t2_to_ct")
+    assert list(rows[0]) == ["subject", "mae_hu", "psnr_db", "ssim", "ssim_masked"]
+    assert summary["evaluation"]["target_key"] == "ct_in_t2_hu" and "tissue_classes" not in summary["evaluation"]
+    assert all(float(row["mae_hu"]) > 0 for row in rows)
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):

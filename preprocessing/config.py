@@ -60,11 +60,14 @@ LAYOUTS_WITH_MASKS = ("synthrad2023",)
 ARTEFACT_MODES = ("reference", "per_subject", "given")
 NORMALIZATION_METHODS = ("zscore", "percentile")
 HEAD_MASK_METHODS = ("otsu", "noise", "given")
+#: Rule of ``input.keep_slice_counts`` that keeps a modality's most common slice count.
+MOST_COMMON = "most_common"
 
 # Keys whose value is a free-form mapping checked by another parser (or free by design); the
 # strict unknown-key check stops at them.
 _OPEN_SECTIONS = {
     ("input", "dicom"),
+    ("input", "keep_slice_counts"),
     ("registration", "common"),
     ("registration", "ct"),
     ("registration", "mr"),
@@ -92,6 +95,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "dicom": {},
         # Write the truth of the demo cohort (truth/ beside raw/) into each registered space.
         "truth": True,
+        # Keep only volumes with these slice counts (the third axis as stored: NIfTI dim 3, the DICOM
+        # series' slices), per modality: a list of counts, or "most_common" (the cohort's most
+        # frequent count), e.g. {t1: [150], t2: most_common}. A subject with a volume that does not
+        # match is not processed; the report lists it as excluded, with the reason.
+        "keep_slice_counts": {},
     },
     "pseudonym": {
         "prefix": "sub-",
@@ -395,7 +403,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``config`` itself, with ``input.modalities``, ``pairing.moving`` and ``ct_pairing.fixed``
-        lower-cased.
+        lower-cased and ``input.keep_slice_counts`` rules as sorted lists (or ``most_common``).
 
     Raises:
         ConfigError: the first invalid value found, naming its key.
@@ -415,6 +423,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(source["dicom"]) - set(DEFAULT_READ_CONFIG))
     if unknown:
         raise _fail("input.dicom", f"unknown DICOM read option(s) {unknown}; known: {sorted(DEFAULT_READ_CONFIG)}")
+    source["keep_slice_counts"] = _checked_slice_counts(source["keep_slice_counts"])
 
     pseudonym = config["pseudonym"]
     if not isinstance(pseudonym["prefix"], str):
@@ -517,6 +526,28 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config["qc"]["slices_in_strip"], int) or config["qc"]["slices_in_strip"] < 1:
         raise _fail("qc.slices_in_strip", "must be a whole number >= 1")
     return config
+
+
+def _checked_slice_counts(rules: Any) -> dict[str, list[int] | str]:
+    """``input.keep_slice_counts`` with lower-case modality keys and each rule a list of counts or ``most_common``."""
+    if not isinstance(rules, Mapping):
+        raise _fail("input.keep_slice_counts", f"must be a mapping {{modality: [counts] or {MOST_COMMON}}}, got {rules!r}")
+    checked: dict[str, list[int] | str] = {}
+    for modality, rule in rules.items():
+        key = f"input.keep_slice_counts.{modality}"
+        name = str(modality).lower()
+        if name != "ct" and name.upper() not in MR_MODALITIES:
+            raise _fail(key, f"unknown modality; use ct or {', '.join(m.lower() for m in MR_MODALITIES)}")
+        if rule == MOST_COMMON:
+            checked[name] = MOST_COMMON
+            continue
+        if isinstance(rule, int) and not isinstance(rule, bool):
+            rule = [rule]
+        if not (isinstance(rule, list) and rule and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in rule)):
+            raise _fail(key, f"must be a list of slice counts (whole numbers > 0) or {MOST_COMMON!r}, got {rule!r}")
+        checked[name] = sorted(set(rule))
+    return checked
 
 
 def _check_masks_delivered(config: Mapping[str, Any], key: str) -> None:

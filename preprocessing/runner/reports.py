@@ -12,7 +12,7 @@ import numpy as np
 
 from preprocessing.atomic import atomic_write_json, atomic_write_text
 from preprocessing.provenance import input_record, write_sidecar
-from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
+from preprocessing.runner.common import STATUS_EXCLUDED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
 from preprocessing.runner.discovery import CohortInputs
 
 __all__ = ["split_subjects", "step_totals", "write_cohort_outputs"]
@@ -65,7 +65,8 @@ def step_totals(seconds: Mapping[str, float]) -> dict[str, float]:
 
 
 def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, references: dict, results: dict,
-                         output: Path, workers: int, threads: int, seconds: float, phases: dict[str, float]) -> dict:
+                         output: Path, workers: int, threads: int, seconds: float, phases: dict[str, float],
+                         selection: dict | None = None) -> dict:
     """Write ``dataset.json``, ``report.json``, ``report.csv`` (and the pseudonym map if configured).
 
     Args:
@@ -79,6 +80,7 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
         threads: ANTs threads per worker.
         seconds: the run's wall time.
         phases: wall seconds per phase.
+        selection: the slice-count rules as applied (:func:`~preprocessing.runner.selection.exclude_by_slice_count`).
 
     Returns:
         The report.
@@ -147,8 +149,10 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
         "ants_threads_per_worker": threads,
         "seconds": round(seconds, 3),
         "phase_seconds": phases,
-        "counts": {status: sum(r["status"] == status for r in rows) for status in (STATUS_OK, STATUS_SKIPPED, STATUS_FAILED)},
+        "counts": {status: sum(r["status"] == status for r in rows)
+                   for status in (STATUS_OK, STATUS_SKIPPED, STATUS_FAILED, STATUS_EXCLUDED)},
         "unassigned_inputs": inputs.unassigned,
+        "volume_selection": selection or {},
         "references": datalist["references"],
         "subjects": rows,
     }

@@ -12,7 +12,7 @@ from preprocessing.runner.steps.base import Step, SubjectContext
 
 
 class ExtractSlices(Step):
-    """Slices under ``slices/<key>/`` with their geometry index.
+    """Slices under ``slices/<key>/`` with their geometry index (which records the chosen range too).
 
     A pair (``t2_in_t1``, ``ct_in_t2``) shares its fixed volume's grid and mask, hence its slices:
     slice i of ``ct_in_t2`` is cut where slice i of ``t2`` is.
@@ -25,7 +25,7 @@ class ExtractSlices(Step):
         return context.config["slices"]["enabled"]
 
     def run(self, context: SubjectContext, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        from preprocessing.slices import extract_slices, resolve_axis, save_slices
+        from preprocessing.slices import extract_slices, resolve_axis, save_slices, selection_record
 
         spec, normalization = context.config["slices"], context.config["mr"]["normalization"]
         writer, name = context.writer, context.name
@@ -44,7 +44,7 @@ class ExtractSlices(Step):
                     spec["neighbours"], slice_size(context.config, in_plane), intensity_range=intensity,
                     out_range=out_range if intensity is not None else (-1.0, 1.0), interpolation=spec["interpolation"])
                 paths = save_slices(slices, geometries, context.folder / "slices" / key, f"{name}_{key}",
-                                    spec["compress"])
+                                    spec["compress"], selection_record(spec["selection"], geometries))
                 source = writer.record(context.output / values["entry"][key], "volume")
                 for path in paths:
                     writer.track(path, "slice", [source],

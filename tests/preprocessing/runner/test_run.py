@@ -98,7 +98,7 @@ def test_datalist_is_a_monai_datalist_split_by_subject(run):
 
 def test_report_lists_every_subject_ok_with_step_times(run):
     report = _report(run)
-    assert report["counts"] == {"ok": N_SUBJECTS, "skipped-finished": 0, "failed": 0}
+    assert report["counts"] == {"ok": N_SUBJECTS, "skipped-finished": 0, "failed": 0, "excluded": 0}
     for row in report["subjects"]:
         assert row["status"] == STATUS_OK and row["reason"] == ""
         assert row["seconds"]["register"] > 0 and row["seconds"]["total"] >= row["seconds"]["register"]

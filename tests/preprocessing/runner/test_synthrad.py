@@ -10,36 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from preprocessing.config import load_config
-from preprocessing.demo.anatomy import HeadParameters, build_labels
-from preprocessing.demo.grid import Grid
 from preprocessing.pseudonym import pseudonymise
 from preprocessing.runner import STATUS_FAILED, STATUS_OK, discover_subjects
-from preprocessing.runner.demo_truth import grid_image
 from preprocessing.windowing import get_window, hu_to_window
 from tests.preprocessing.runner.cohort_run import run_cli
+from tests.preprocessing.runner.synthrad_like import write_subject
 
-# Per label (see preprocessing.demo.anatomy): CT in HU and a T1-weighted MR.
-CT_HU = np.array([-1000, 45, -95, 1450, 8, 40, 27, 8, 550], np.float32)
-MR_T1 = np.array([0, 587, 1352, 0, 244, 593, 800, 244, 676], np.float32)
 GOOD = ("1BA001", "1BA005", "1BC012")
-
-
-def _write_subject(folder: Path, seed: int, files=("mr", "ct", "mask"), ct_shift_mm: float = 0.0) -> None:
-    """A SynthRAD-like subject: MR, CT (HU, with a couch outside the body) and body mask on one 32^3 grid."""
-    grid = Grid.centred((32, 32, 32), (6.0, 6.5, 6.0))
-    rng = np.random.default_rng(seed)
-    labels = build_labels(grid, HeadParameters.random(rng), rng)
-    images = {"mr": grid_image((MR_T1[labels] + rng.normal(0, 10, labels.shape)).astype(np.float32), grid),
-              "mask": grid_image((labels > 0).astype(np.uint8), grid)}
-    ct = CT_HU[labels] + rng.normal(0, 4, labels.shape)
-    ct[:, :3, :] = 300.0  # a couch under the head, outside the body mask
-    images["ct"] = sitk.Cast(grid_image(ct.astype(np.float32), grid), sitk.sitkInt16)
-    if ct_shift_mm:
-        images["ct"].SetOrigin([o + d for o, d in zip(images["ct"].GetOrigin(), (0.0, 0.0, ct_shift_mm))])
-        images["mask"].SetOrigin(images["ct"].GetOrigin())
-    folder.mkdir(parents=True)
-    for name in files:
-        sitk.WriteImage(images[name], str(folder / f"{name}.nii.gz"))
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +25,10 @@ def synthrad(tmp_path_factory) -> Path:
     the MR's grid, and SynthRAD's overview/ folder, which is no subject."""
     root = tmp_path_factory.mktemp("synthrad") / "Task1" / "brain"
     for seed, name in enumerate(GOOD):
-        _write_subject(root / name, seed)
-    _write_subject(root / "1BA020", 10, files=("mr", "mask"))
-    _write_subject(root / "1BA021", 11, files=("mr", "ct"))
-    _write_subject(root / "1BA022", 12, ct_shift_mm=3.0)
+        write_subject(root / name, seed)
+    write_subject(root / "1BA020", 10, files=("mr", "mask"))
+    write_subject(root / "1BA021", 11, files=("mr", "ct"))
+    write_subject(root / "1BA022", 12, ct_shift_mm=3.0)
     (root / "overview").mkdir()
     (root / "overview" / "1_brain_train.csv").write_text("ID,center\n1BA001,A\n")
     return root

@@ -12,6 +12,8 @@
   that one command trains on a fresh clone.
 - :func:`resume_checkpoint`: the checkpoint a training continues from (the latest one in its
   checkpoint folder), or none; it refuses to start from scratch over another run's checkpoints.
+- :func:`require_modality`: a config's modality setting is of the kind the bundle translates (an
+  MR -> CT bundle given ``--source ct`` stops at once, naming the setting).
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modality_translation.data.datalist import DatalistError, load_translation_datalist, read_datalist, slices_key
+from modality_translation.data.datalist import (
+    MODALITY_ALIASES,
+    DatalistError,
+    load_translation_datalist,
+    read_datalist,
+    slices_key,
+)
 from modality_translation.engines.checkpoint import latest_checkpoint
 from preprocessing.errors import PreprocessingError
 
-__all__ = ["DATALIST_NAME", "bundle_root", "prepare_datalist", "resume_checkpoint"]
+__all__ = ["DATALIST_NAME", "bundle_root", "prepare_datalist", "require_modality", "resume_checkpoint"]
 
 #: File name of the datalist in a preprocessing output folder.
 DATALIST_NAME = "dataset.json"
@@ -265,3 +273,33 @@ def resume_checkpoint(ckpt_dir: str | os.PathLike, resume: bool | str | os.PathL
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint to resume from does not exist: {path}")
     return str(path)
+
+
+#: The modality kinds :func:`require_modality` knows: CT, and every MR contrast the datalist knows.
+MODALITY_KINDS = {"ct": ("ct",), "mr": tuple(m for m in MODALITY_ALIASES if m != "ct")}
+
+
+def require_modality(modality: str, kind: str, setting: str = "source") -> str:
+    """The modality of a config setting, checked to be of the kind the bundle translates.
+
+    Args:
+        modality: the configured modality (``"t2"``).
+        kind: ``"mr"`` (any MR contrast: t1, t2, pd, flair, mra) or ``"ct"``.
+        setting: the config key, named in the error (``"source"``).
+
+    Returns:
+        The modality, lower case.
+
+    Raises:
+        ValueError: a modality of another kind, or one that is not known, naming the setting.
+    """
+    if kind not in MODALITY_KINDS:
+        raise ValueError(f"unknown modality kind {kind!r}; use one of {sorted(MODALITY_KINDS)}")
+    name = str(modality).strip().lower()
+    allowed = MODALITY_KINDS[kind]
+    if name not in allowed:
+        raise ValueError(
+            f"{setting}: {modality!r} is not {'an' if kind == 'mr' else 'a'} {kind.upper()} modality; this bundle needs one of {', '.join(allowed)} "
+            f"as its {setting}"
+        )
+    return name

@@ -2,8 +2,8 @@
 
 Bad arguments end with one line on stderr, ``preprocessing <command>: error: <what is wrong>``,
 and exit status 2, so that scripts can tell a usage error from a processing failure. ``run``
-exits with 0 when every subject is ok (or was already finished), 1 when a subject failed (the
-report says why) or the run could not complete; ``pull`` and ``push`` exit with 1 when the PACS
+exits with 0 when every subject is ok (or was already finished, or was excluded by a selection rule
+of the configuration), 1 when a subject failed (the report says why) or the run could not complete; ``pull`` and ``push`` exit with 1 when the PACS
 cannot be reached, refuses the credentials, or a study could not be pulled.
 """
 
@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "volumes, masks, transforms, slices, QC montages, dataset.json (MONAI datalist) and a report out.",
     )
     run.add_argument("--config", required=True,
-                     help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500)")
-    run.add_argument("--input", required=True, help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree)")
+                     help="configuration: a YAML/JSON file or a shipped name (demo, ixi, cq500, synthrad2023)")
+    run.add_argument("--input", required=True,
+                     help="input folder (cohort root or its raw/ folder, IXI folder, DICOM tree, SynthRAD2023 task folder)")
     run.add_argument("--output", required=True, help="output folder (created if needed; finished subjects are kept)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_count, default=None,
@@ -166,7 +167,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The ``run`` command: check the arguments (usage errors exit 2), then preprocess the cohort."""
     from preprocessing.config import ConfigError, load_config
     from preprocessing.errors import PreprocessingError
-    from preprocessing.runner import STATUS_FAILED, RunnerError, WorkerSettings, dask_pool, run_cohort
+    from preprocessing.runner import STATUS_EXCLUDED, STATUS_FAILED, RunnerError, WorkerSettings, dask_pool, run_cohort
     from preprocessing.runner.pool import core_count
 
     def usage_error(message: str) -> None:
@@ -199,8 +200,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"preprocessing run: error: {error}", file=sys.stderr)
         return 1
     counts = report["counts"]
-    return _finish(f"{counts['ok']} ok, {counts['skipped-finished']} already finished, {counts['failed']} failed; "
-                   f"datalist: {output / 'dataset.json'}, report: {output / 'report.json'}",
+    # Excluded subjects are the configuration's choice, not a failure: listed, exit status unchanged.
+    excluded = [f"  {row['subject']}: {row['reason']}" for row in report["subjects"] if row["status"] == STATUS_EXCLUDED]
+    return _finish("\n".join([f"{counts['ok']} ok, {counts['skipped-finished']} already finished, {counts['failed']} "
+                              f"failed, {counts['excluded']} excluded; datalist: {output / 'dataset.json'}, report: "
+                              f"{output / 'report.json'}", *excluded]),
                    [f"{row['subject']}: {row['reason']}" for row in report["subjects"] if row["status"] == STATUS_FAILED],
                    counts["failed"])
 

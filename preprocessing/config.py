@@ -2,7 +2,7 @@
 
 A configuration is a nested mapping (YAML or JSON). Every key has a default here
 (:data:`DEFAULT_CONFIG`); a configuration file only states what differs. The shipped
-configurations (``demo``, ``ixi``, ``cq500`` in ``preprocessing/configs/``) are selected by name,
+configurations (``demo``, ``ixi``, ``cq500``, ``synthrad2023`` in ``preprocessing/configs/``) are selected by name,
 and a user file can start from one of them with ``extends: <name or path>``.
 
 Checking is strict: an unknown key anywhere is an error naming its dotted path, so that a typo
@@ -37,6 +37,7 @@ __all__ = [
     "SHIPPED_CONFIGS",
     "ConfigError",
     "config_sha256",
+    "ct_pairing_config",
     "load_config",
     "merge_config",
     "output_min_spacing",
@@ -50,24 +51,30 @@ __all__ = [
 ]
 
 #: Names accepted by ``--config`` instead of a file path.
-SHIPPED_CONFIGS = ("demo", "ixi", "cq500")
+SHIPPED_CONFIGS = ("demo", "ixi", "cq500", "synthrad2023")
 
 #: Input layouts the runner recognises (see :func:`preprocessing.runner.discover_subjects`).
-LAYOUTS = ("auto", "demo", "ixi", "cq500")
-ARTEFACT_MODES = ("reference", "per_subject")
+LAYOUTS = ("auto", "demo", "ixi", "cq500", "synthrad2023")
+#: Layouts that deliver a head mask with each subject (the ``given`` artefact mode and head mask).
+LAYOUTS_WITH_MASKS = ("synthrad2023",)
+ARTEFACT_MODES = ("reference", "per_subject", "given")
 NORMALIZATION_METHODS = ("zscore", "percentile")
-HEAD_MASK_METHODS = ("otsu", "noise")
+HEAD_MASK_METHODS = ("otsu", "noise", "given")
+#: Rule of ``input.keep_slice_counts`` that keeps a modality's most common slice count.
+MOST_COMMON = "most_common"
 
 # Keys whose value is a free-form mapping checked by another parser (or free by design); the
 # strict unknown-key check stops at them.
 _OPEN_SECTIONS = {
     ("input", "dicom"),
+    ("input", "keep_slice_counts"),
     ("registration", "common"),
     ("registration", "ct"),
     ("registration", "mr"),
     ("artefact", "options"),
     ("slices", "selection"),
     ("pairing", "registration"),
+    ("ct_pairing", "registration"),
     ("registration", "output_min_spacing_mm"),
     ("registration", "to_common_space"),
 }
@@ -80,7 +87,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # registration.common.random_seed.
     "seed": 0,
     "input": {
-        # auto | demo | ixi | cq500 (see preprocessing.runner.discover_subjects).
+        # auto | demo | ixi | cq500 | synthrad2023 (see preprocessing.runner.discover_subjects).
         "layout": "auto",
         # Modalities to process (lower case: ct, t1, t2, pd, mra); null: every modality found.
         "modalities": None,
@@ -88,6 +95,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "dicom": {},
         # Write the truth of the demo cohort (truth/ beside raw/) into each registered space.
         "truth": True,
+        # Keep only volumes with these slice counts (the third axis as stored: NIfTI dim 3, the DICOM
+        # series' slices), per modality: a list of counts, or "most_common" (the cohort's most
+        # frequent count), e.g. {t1: [150], t2: most_common}. A subject with a volume that does not
+        # match is not processed; the report lists it as excluded, with the reason.
+        "keep_slice_counts": {},
     },
     "pseudonym": {
         "prefix": "sub-",
@@ -130,12 +142,26 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # RegistrationConfig fields of the within-subject registration.
         "registration": {"transforms": ["Rigid"]},
     },
+    "ct_pairing": {
+        # The subject's CT onto its own MR (each modality of "fixed" the subject has), resampled into
+        # that MR's output grid: paired MR -> CT data (synthetic CT). Needs the CT's own artefact
+        # mask (artefact.mode per_subject or given) or no mask at all.
+        "enabled": False,
+        "fixed": ["t2"],
+        # false: the CT and the MR are delivered on one grid (SynthRAD2023); that is checked, and the
+        # CT is resampled with the MR's own transforms only.
+        "register": True,
+        # RegistrationConfig fields over the CT's (registration.common + registration.ct); the
+        # metric is Mattes mutual information unless given here.
+        "registration": {"transforms": ["Rigid"]},
+    },
     "artefact": {
         "enabled": True,
         # per_subject: each CT's own mask, built on the CT as read (the scanner's resolution) and
         # carried with its transforms; reference: the CT study's one mask, built on the reference
         # CT and applied to every registered CT, which loses the head where a registered head
-        # extends beyond the reference's (docs/preprocessing.md, step 4).
+        # extends beyond the reference's (docs/preprocessing.md, step 4); given: the mask delivered
+        # with the input (synthrad2023 layout), carried like a per_subject mask.
         "mode": "per_subject",
         # Keyword arguments of preprocessing.artefact_mask.build_artefact_mask (threshold_hu,
         # n_erosions, margin...); its defaults are chosen by that module.
@@ -150,6 +176,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "out_range": [-1.0, 1.0],
     },
     "mr": {
+        # method: otsu | noise (preprocessing.normalization.head_mask_mr) | given (the mask delivered
+        # with the input, synthrad2023 layout, carried with the volume's transforms).
         "head_mask": {"method": "otsu", "closing_radius": 0},
         "normalization": {
             "method": "percentile",
@@ -179,7 +207,7 @@ class ConfigError(ValueError):
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a shipped configuration (``demo``, ``ixi``, ``cq500``).
+    """Path of a shipped configuration (one of :data:`SHIPPED_CONFIGS`).
 
     Raises:
         ConfigError: ``name`` is not a shipped configuration.
@@ -266,7 +294,7 @@ def load_config(spec: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Load, merge with the defaults, and check a configuration.
 
     Args:
-        spec: a shipped name (``demo``, ``ixi``, ``cq500``), a YAML/JSON file path, or a mapping
+        spec: a shipped name (:data:`SHIPPED_CONFIGS`), a YAML/JSON file path, or a mapping
             (merged over the defaults; may hold ``extends``).
 
     Returns:
@@ -331,6 +359,22 @@ def pairing_config(config: Mapping[str, Any]) -> RegistrationConfig:
     return RegistrationConfig.from_dict(values)
 
 
+def ct_pairing_config(config: Mapping[str, Any]) -> RegistrationConfig:
+    """Registration parameters of the CT onto its own MR (``ct_pairing``).
+
+    The CT's own parameters (``registration.common`` + ``registration.ct``, so the CT's
+    ``default_value``), with Mattes mutual information (CT and MR differ in contrast) and no
+    reference, then ``ct_pairing.registration``.
+
+    Raises:
+        ValueError: invalid registration options.
+    """
+    values = dataclasses.asdict(registration_config(config, "ct"))
+    values.update(metric="MI", syn_metric=None, histogram_matching=False, reference=None)
+    values.update(config["ct_pairing"].get("registration") or {})
+    return RegistrationConfig.from_dict(values)
+
+
 def slice_size(config: Mapping[str, Any], in_plane_shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """Slice output size from ``slices.size``; ``"auto"`` needs the in-plane shape of the volume grid.
 
@@ -358,7 +402,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check the values of a merged configuration (see :data:`DEFAULT_CONFIG`).
 
     Returns:
-        ``config`` itself, with ``input.modalities`` and ``pairing.moving`` lower-cased.
+        ``config`` itself, with ``input.modalities``, ``pairing.moving`` and ``ct_pairing.fixed``
+        lower-cased and ``input.keep_slice_counts`` rules as sorted lists (or ``most_common``).
 
     Raises:
         ConfigError: the first invalid value found, naming its key.
@@ -378,6 +423,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(source["dicom"]) - set(DEFAULT_READ_CONFIG))
     if unknown:
         raise _fail("input.dicom", f"unknown DICOM read option(s) {unknown}; known: {sorted(DEFAULT_READ_CONFIG)}")
+    source["keep_slice_counts"] = _checked_slice_counts(source["keep_slice_counts"])
 
     pseudonym = config["pseudonym"]
     if not isinstance(pseudonym["prefix"], str):
@@ -426,6 +472,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         pairing_config(config)
     except (TypeError, ValueError) as error:
         raise _fail("pairing.registration", str(error)) from None
+    _check_ct_pairing(config)
 
     from preprocessing.artefact_mask import build_artefact_mask
 
@@ -437,6 +484,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise _fail("artefact.mode", f"must be one of {', '.join(ARTEFACT_MODES)}, got {config['artefact']['mode']!r}")
     if config["artefact"]["mode"] == "reference" and not registration["enabled"] and config["artefact"]["enabled"]:
         raise _fail("artefact.mode", "'reference' needs registration (registration.enabled); use 'per_subject'")
+    if config["artefact"]["mode"] == "given" and config["artefact"]["enabled"]:
+        _check_masks_delivered(config, "artefact.mode")
 
     try:
         get_window(config["ct"]["window"])
@@ -447,6 +496,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     mr = config["mr"]
     if mr["head_mask"]["method"] not in HEAD_MASK_METHODS:
         raise _fail("mr.head_mask.method", f"must be one of {', '.join(HEAD_MASK_METHODS)}")
+    if mr["head_mask"]["method"] == "given":
+        _check_masks_delivered(config, "mr.head_mask.method")
     normalization = mr["normalization"]
     if normalization["method"] not in NORMALIZATION_METHODS:
         raise _fail("mr.normalization.method", f"must be one of {', '.join(NORMALIZATION_METHODS)}, got {normalization['method']!r}")
@@ -475,6 +526,66 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config["qc"]["slices_in_strip"], int) or config["qc"]["slices_in_strip"] < 1:
         raise _fail("qc.slices_in_strip", "must be a whole number >= 1")
     return config
+
+
+def _checked_slice_counts(rules: Any) -> dict[str, list[int] | str]:
+    """``input.keep_slice_counts`` with lower-case modality keys and each rule a list of counts or ``most_common``."""
+    if not isinstance(rules, Mapping):
+        raise _fail("input.keep_slice_counts", f"must be a mapping {{modality: [counts] or {MOST_COMMON}}}, got {rules!r}")
+    checked: dict[str, list[int] | str] = {}
+    for modality, rule in rules.items():
+        key = f"input.keep_slice_counts.{modality}"
+        name = str(modality).lower()
+        if name != "ct" and name.upper() not in MR_MODALITIES:
+            raise _fail(key, f"unknown modality; use ct or {', '.join(m.lower() for m in MR_MODALITIES)}")
+        if rule == MOST_COMMON:
+            checked[name] = MOST_COMMON
+            continue
+        if isinstance(rule, int) and not isinstance(rule, bool):
+            rule = [rule]
+        if not (isinstance(rule, list) and rule and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in rule)):
+            raise _fail(key, f"must be a list of slice counts (whole numbers > 0) or {MOST_COMMON!r}, got {rule!r}")
+        checked[name] = sorted(set(rule))
+    return checked
+
+
+def _check_masks_delivered(config: Mapping[str, Any], key: str) -> None:
+    """A ``given`` mask needs an input layout that delivers one (or ``auto``, which may find one)."""
+    layout = config["input"]["layout"]
+    if layout not in ("auto", *LAYOUTS_WITH_MASKS):
+        raise _fail(key, f"'given' uses the mask delivered with the input, which the {layout!r} layout has none of "
+                    f"(layouts with masks: {', '.join(LAYOUTS_WITH_MASKS)})")
+
+
+def _check_ct_pairing(config: dict[str, Any]) -> None:
+    """``ct_pairing``: MR modalities to pair the CT with, and a CT mask that can follow the CT onto them."""
+    section = config["ct_pairing"]
+    fixed = section["fixed"]
+    if isinstance(fixed, str):
+        fixed = [fixed]
+    if not isinstance(fixed, list) or not fixed:
+        raise _fail("ct_pairing.fixed", f"must be a non-empty list of MR modalities such as [t2, t1], got {fixed!r}")
+    section["fixed"] = [str(m).lower() for m in fixed]
+    for modality in section["fixed"]:
+        if modality.upper() not in MR_MODALITIES:
+            raise _fail("ct_pairing.fixed", f"{modality!r} is not an MR modality "
+                        f"({', '.join(m.lower() for m in MR_MODALITIES)}): the CT is paired with the subject's own MR")
+    if len(set(section["fixed"])) != len(section["fixed"]):
+        raise _fail("ct_pairing.fixed", f"names a modality twice: {section['fixed']}")
+    if not isinstance(section["enabled"], bool) or not isinstance(section["register"], bool):
+        raise _fail("ct_pairing", "enabled and register must be true or false")
+    try:
+        ct_pairing_config(config)
+    except (TypeError, ValueError) as error:
+        raise _fail("ct_pairing.registration", str(error)) from None
+    artefact = config["artefact"]
+    if section["enabled"] and artefact["enabled"] and artefact["mode"] == "reference":
+        # The reference mask lies on the CT reference's grid; bringing it onto the subject's MR
+        # would take the inverse of the CT's deformable registration. The CT's own mask follows
+        # the CT's transforms instead.
+        raise _fail("ct_pairing", "needs the CT's own artefact mask (artefact.mode per_subject or given), "
+                    "not the reference's")
 
 
 def _check_range(value: Any, key: str) -> None:

@@ -91,16 +91,18 @@ def find_mr_volumes(folder: str | os.PathLike) -> dict[str, dict[str, Path]]:
     return {subject: dict(sorted(volumes[subject].items())) for subject in sorted(volumes)}
 
 
-def read_nifti(path: str | os.PathLike) -> sitk.Image:
+def read_nifti(path: str | os.PathLike, default_value: float = 0.0) -> sitk.Image:
     """Read a 3D NIfTI volume as a float32 SimpleITK image with identity direction.
 
     The nibabel affine (sform if set, else qform) is converted from RAS to ITK's LPS; axis
     permutations and flips are then undone exactly (``sitk.DICOMOrient``), and oblique axes are
-    resampled linearly onto an identity-direction grid (outside value 0). A singleton 4th
-    dimension is dropped.
+    resampled linearly onto an identity-direction grid (outside value ``default_value``). A
+    singleton 4th dimension is dropped.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
+        default_value: value of the voxels an oblique volume's resampling finds outside it (0 for
+            MR and masks, air for a CT in HU).
 
     Returns:
         The volume, float32, identity direction, LPS origin and spacing in mm.
@@ -147,5 +149,5 @@ def read_nifti(path: str | os.PathLike) -> sitk.Image:
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(affine[:3, 3].tolist())
     image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
-    image, _ = to_canonical(image, default_value=0.0)
+    image, _ = to_canonical(image, default_value=default_value)
     return image

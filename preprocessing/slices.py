@@ -97,18 +97,26 @@ class SliceSelection:
 
     Args:
         mode: ``"all"``; ``"indices"`` (explicit ``indices``); ``"middle"`` (the ``count`` central
-            slices); ``"range"`` (``start`` <= index < ``stop``, ``stop`` ``None`` = to the end);
-            ``"head_fraction"`` (the central ``fraction`` of the slices in which the head mask is
-            non-empty: brain-rich slices, no slices of the skull vertex or neck).
+            slices, or the slices ``first`` to ``last``); ``"range"`` (``start`` <= index < ``stop``,
+            ``stop`` ``None`` = to the end); ``"head_fraction"`` (the central ``fraction`` of the
+            slices in which the head mask is non-empty: brain-rich slices, no slices of the skull
+            vertex or neck).
         indices: with ``"indices"``.
-        count: with ``"middle"``.
+        count: with ``"middle"``: how many central slices (default 1).
+        first, last: with ``"middle"`` instead of ``count``: the first and the last slice kept, both
+            included, e.g. ``first=90, last=109`` for the 20 middle slices of a 150-slice T1 that the
+            pix2pix study of T1 -> T2 kept ("the middle slices (90-110)"). A volume with fewer
+            slices than ``last + 1`` is an error, not a shorter range: the slices must be the same
+            anatomy in every subject.
         start, stop: with ``"range"``.
         fraction: with ``"head_fraction"``, in (0, 1].
     """
 
     mode: Literal["all", "indices", "middle", "range", "head_fraction"] = "all"
     indices: tuple[int, ...] = ()
-    count: int = 1
+    count: int | None = None
+    first: int | None = None
+    last: int | None = None
     start: int = 0
     stop: int | None = None
     fraction: float = 0.6
@@ -120,12 +128,29 @@ class SliceSelection:
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
         if self.mode == "indices" and not self.indices:
             raise ValueError("slice selection 'indices' needs at least one index")
-        if self.mode == "middle" and self.count < 1:
-            raise ValueError(f"slice selection 'middle' needs count >= 1, got {self.count}")
+        if self.mode == "middle":
+            if (self.first is None) != (self.last is None):
+                raise ValueError("slice selection 'middle' needs both first and last (or count)")
+            if self.first is not None and self.count is not None:
+                raise ValueError("slice selection 'middle' takes count, or first and last, not both")
+            if self.count is not None and self.count < 1:
+                raise ValueError(f"slice selection 'middle' needs count >= 1, got {self.count}")
+            if self.first is not None and not 0 <= self.first <= self.last:
+                raise ValueError(f"slice selection 'middle' needs 0 <= first <= last, got first {self.first}, "
+                                 f"last {self.last}")
         if self.mode == "range" and self.stop is not None and self.stop <= self.start:
             raise ValueError(f"slice selection 'range' needs start < stop, got [{self.start}, {self.stop})")
         if self.mode == "head_fraction" and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"slice selection 'head_fraction' needs 0 < fraction <= 1, got {self.fraction}")
+
+    def to_config(self) -> dict[str, Any]:
+        """The mode and the fields it uses, as a configuration mapping (what :meth:`from_config` reads)."""
+        used = {"all": (), "indices": ("indices",), "range": ("start", "stop"), "head_fraction": ("fraction",),
+                "middle": ("first", "last") if self.first is not None else ("count",)}[self.mode]
+        values = {"mode": self.mode, **{name: getattr(self, name) for name in used}}
+        if "count" in values and values["count"] is None:
+            values["count"] = 1  # the default of "middle"
+        return json.loads(json.dumps(values))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | SliceSelection | None) -> SliceSelection:
@@ -176,10 +201,16 @@ def select_slices(
             raise PreprocessingError(None, f"slice indices {outside} lie outside the {n_slices} slices along axis {axis}")
         return sorted(set(selection.indices))
     if selection.mode == "middle":
-        if selection.count > n_slices:
-            raise PreprocessingError(None, f"{selection.count} middle slices asked, the volume has {n_slices} along axis {axis}")
-        first = (n_slices - selection.count) // 2
-        return list(range(first, first + selection.count))
+        if selection.first is not None:
+            if selection.last >= n_slices:
+                raise PreprocessingError(None, f"middle slices {selection.first} to {selection.last} asked, the volume "
+                                         f"has {n_slices} along axis {axis}")
+            return list(range(selection.first, selection.last + 1))
+        count = 1 if selection.count is None else selection.count
+        if count > n_slices:
+            raise PreprocessingError(None, f"{count} middle slices asked, the volume has {n_slices} along axis {axis}")
+        first = (n_slices - count) // 2
+        return list(range(first, first + count))
     if selection.mode == "range":
         stop = n_slices if selection.stop is None else selection.stop
         if not 0 <= selection.start < stop <= n_slices:
@@ -531,6 +562,7 @@ def save_slices(
     folder: str | os.PathLike,
     prefix: str,
     compress: bool = True,
+    selection: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write slices as NIfTI files and an index JSON with their geometries (all atomically).
 
@@ -546,6 +578,8 @@ def save_slices(
         folder: output folder (created if missing).
         prefix: file name prefix (e.g. the subject identifier).
         compress: write ``.nii.gz`` (default) rather than ``.nii``.
+        selection: how the slices were chosen (see :func:`selection_record`), recorded in the index
+            as ``"selection"``.
 
     Returns:
         The written slice files in the order of ``slices``, followed by the index JSON
@@ -574,8 +608,30 @@ def save_slices(
         list(pool.map(lambda job: atomic_write_with(job[1], lambda tmp: nib.save(job[0], tmp)), zip(images, paths)))
     entries = [{"file": path.name, "geometry": geometry.to_dict()} for path, geometry in zip(paths, geometries)]
     index_path = slice_index_path(folder, prefix)
-    atomic_write_json(index_path, {"prefix": prefix, "slices": entries})
+    index = {"prefix": prefix, "slices": entries}
+    if selection is not None:
+        index["selection"] = dict(selection)
+    atomic_write_json(index_path, index)
     return [*paths, index_path]
+
+
+def selection_record(selection: SliceSelection | Mapping[str, Any] | None,
+                     geometries: Sequence[SliceGeometry]) -> dict[str, Any]:
+    """What a slice index records of the selection: the rule, and the slices it chose in this volume.
+
+    Args:
+        selection: the rule (a :class:`SliceSelection` or its configuration mapping).
+        geometries: the chosen slices' records, in index order.
+
+    Returns:
+        ``{"rule": {...}, "first": i, "last": j, "count": n, "slices_along_axis": N}``: the rule (its
+        mode and the fields that mode uses), the first and last index chosen (both included), how
+        many were chosen and how many the volume has along the slice axis.
+    """
+    indices = [g.index for g in geometries]
+    return {"rule": SliceSelection.from_config(selection).to_config(), "first": min(indices) if indices else None,
+            "last": max(indices) if indices else None, "count": len(indices),
+            "slices_along_axis": int(geometries[0].volume_shape[geometries[0].axis]) if geometries else None}
 
 
 def read_slice_index(index_path: str | os.PathLike) -> list[tuple[Path, SliceGeometry]]:

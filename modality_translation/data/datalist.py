@@ -16,8 +16,11 @@ the file exists and is JSON, the split exists and is not empty, every item names
 every requested modality, every listed slice file exists, the first slice of each subject is a 2D
 (or 2.5D) image, and no file listed under one modality is named after another one. The keys the
 preprocessing writes for a volume registered into another modality's space (``t2_in_t1``: the T2 on
-its subject's T1 grid) and for a demo cohort's ground truth (``truth_ct_in_t2``) are requested like
-modalities; their files are checked against the modality of their image (T2, CT), not of the space.
+its subject's T1 grid; ``ct_in_t2``: the CT on its subject's own T2 grid, the pair of MR -> CT
+training, listed in the datalist's ``"pairs"`` as ``["ct", "t2"]``), for a CT in Hounsfield units
+(``ct_hu``, ``ct_in_t2_hu``) and for a demo cohort's ground truth (``truth_ct_in_t2``) are requested
+like modalities; their files are checked against the modality of their image (T2, CT), not of the
+space.
 
 Paths are resolved here rather than by :func:`monai.data.load_decathlon_datalist`: MONAI joins a
 value with the datalist folder only when the joined path exists (so a missing slice would be reported
@@ -54,11 +57,18 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
 #: Prefix of the keys of a demo cohort's ground truth (``truth_t2_in_t1``: the true T2 on the T1 grid).
 TRUTH_PREFIX = "truth_"
 #: Separator of the keys of a volume registered into another modality's space (``t2_in_t1``: the T2
-#: resampled onto its subject's T1 grid), as the preprocessing names them.
+#: resampled onto its subject's T1 grid; ``ct_in_t2``: the CT on its subject's T2 grid), as the
+#: preprocessing names them.
 SPACE_SEPARATOR = "_in_"
+#: Suffix of the keys of a CT volume kept in Hounsfield units (``ct_hu``, ``ct_in_t2_hu``) beside the
+#: windowed one.
+HU_SUFFIX = "_hu"
+
+#: ``<image>_in_<space>`` words of a file name (words: runs of letters and digits).
+_REGISTERED_NAME = re.compile(r"(?<![a-z0-9])([a-z0-9]+)_in_([a-z0-9]+)(?![a-z0-9])")
 
 #: Item keys whose values are file paths (besides the requested keys themselves).
-_PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices")
+_PATH_KEY_SUFFIXES = ("_slices", "_mask", "_mask_slices", HU_SUFFIX)
 _PATH_KEY_PREFIXES = (TRUTH_PREFIX,)
 
 
@@ -79,14 +89,16 @@ def modality_of_key(key: str) -> str:
     """The modality of the image a datalist key names: its contrast, not the space it was resampled into.
 
     Args:
-        key: a modality (``"t1"``), a registered volume ``"<image>_in_<space>"`` (``"t2_in_t1"``) or a
-            ground truth ``"truth_<image>[_in_<space>]"`` (``"truth_ct_in_t2"``).
+        key: a modality (``"t1"``), a registered volume ``"<image>_in_<space>"`` (``"t2_in_t1"``,
+            ``"ct_in_t2"``), a CT in HU ``"ct_hu"`` / ``"ct_in_t2_hu"``, or a ground truth
+            ``"truth_<image>[_in_<space>]"`` (``"truth_ct_in_t2"``).
 
     Returns:
-        The image's modality, lower case: ``"t1"``, ``"t2"``, ``"ct"`` for the examples above.
+        The image's modality, lower case: ``"t1"``, ``"t2"``, ``"ct"``, ``"ct"``, ``"ct"`` for the
+        examples above.
     """
-    name = key.lower().removeprefix(TRUTH_PREFIX)
-    return name.partition(SPACE_SEPARATOR)[0]
+    name = key.lower().removeprefix(TRUTH_PREFIX).partition(SPACE_SEPARATOR)[0]
+    return name.removesuffix(HU_SUFFIX)
 
 
 def _is_path_key(key: str, modalities: Iterable[str]) -> bool:
@@ -124,12 +136,36 @@ def modality_named_in(name: str, known: Iterable[str] = tuple(MODALITY_ALIASES))
     return found
 
 
+def registered_image_modalities(name: str, known: Iterable[str] = tuple(MODALITY_ALIASES)) -> set[str]:
+    """The image modalities of the ``<image>_in_<space>`` words of a name (``"sub_ct_in_t2_hu"`` -> ``{"ct"}``).
+
+    The preprocessing names a volume resampled into another modality's space this way; such a file
+    holds an image of ``<image>``, whatever ``<space>`` it lies in.
+
+    Args:
+        name: a file name or relative path.
+        known: modality names to recognise (both words must be one of them or an alias).
+
+    Returns:
+        The set of ``<image>`` modalities, lower case (empty when the name has no such word).
+    """
+    aliases = {alias: modality.lower() for modality in known
+               for alias in MODALITY_ALIASES.get(modality.lower(), (modality.lower(),))}
+    found = set()
+    for image, space in _REGISTERED_NAME.findall(name.lower()):
+        if image in aliases and space in aliases:
+            found.add(aliases[image])
+    return found
+
+
 def check_modality_name(path: str | os.PathLike, expected: str, name: str | None = None,
                         known: Iterable[str] = tuple(MODALITY_ALIASES)) -> None:
     """Raise if ``path`` is named after another modality than ``expected`` and not after ``expected``.
 
-    A name that mentions no modality, or ``expected`` among others (``truth_t2_in_t1``), passes: only
-    a name that speaks exclusively of other modalities is taken as a file of the wrong modality.
+    A name that mentions no modality, or ``expected`` among others, passes: only a name that speaks
+    exclusively of other modalities is taken as a file of the wrong modality. A name with an
+    ``<image>_in_<space>`` word (:func:`registered_image_modalities`) speaks of its image's modality
+    only: ``sub_ct_in_t2_hu.nii.gz`` is a CT, refused where a T2 is expected.
 
     Args:
         path: the file, for the error message.
@@ -144,7 +180,8 @@ def check_modality_name(path: str | os.PathLike, expected: str, name: str | None
         ModalityMismatchError: naming the file, the modality it is named after and the expected one.
     """
     expected = modality_of_key(expected)
-    found = modality_named_in(os.fspath(path) if name is None else name, {*known, expected})
+    name = os.fspath(path) if name is None else name
+    found = registered_image_modalities(name, {*known, expected}) or modality_named_in(name, {*known, expected})
     if found and expected not in found:
         raise ModalityMismatchError(
             path, f"is named as a {'/'.join(sorted(found)).upper()} image but is used as {expected.upper()}"

@@ -1,10 +1,12 @@
-"""SSIM and PSNR of translated slices inside a head mask, as Ignite metrics for the validation engines.
+"""SSIM, PSNR and MAE of translated slices inside a head mask, as Ignite metrics for the validation engines.
 
 A head slice is mostly air. Averaged over the whole slice, SSIM is dominated by how exactly the
 generated air matches (and a generator that outputs a constant head already scores high), so a
 validation curve says little about the anatomy. These metrics average the SSIM map, and compute the
 squared error of PSNR, over the pixels of a head mask only, as SynthRAD2023 does for synthetic CT
-(SSIM averaged over the mask voxels, PSNR over the mask voxels).
+(SSIM averaged over the mask voxels, PSNR and MAE over the mask voxels). With
+``kernel_type="uniform"``, ``win_size=7`` and ``sample_covariance=True`` the SSIM map is SynthRAD's
+(scikit-image's defaults), applied per slice.
 
 MONAI's :class:`monai.metrics.SSIMMetric` and :class:`monai.handlers.PeakSignalToNoiseRatio` take no
 mask, so these are Ignite metrics written here; the SSIM map itself is MONAI's
@@ -23,6 +25,8 @@ import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.metrics.regression import compute_ssim_and_cs
+
+from modality_translation.metrics.image_similarity import sample_covariance_k2
 
 
 def _batch(values: Any) -> torch.Tensor:
@@ -81,7 +85,7 @@ class _MaskedMean(Metric):
 
 
 class MaskedSSIM(_MaskedMean):
-    """Mean SSIM inside a mask (Gaussian window, Wang et al. 2004), 2D images.
+    """Mean SSIM inside a mask (Gaussian window, Wang et al. 2004, by default), 2D images.
 
     Images in [-1, 1] should be shifted to [0, 2] first (SSIM's luminance term assumes non-negative
     intensities); the data range stays 2. The SSIM map is computed without padding, so it covers the
@@ -89,24 +93,32 @@ class MaskedSSIM(_MaskedMean):
 
     Args:
         data_range: intensity span of the images.
-        win_size: Gaussian window size.
-        sigma: Gaussian standard deviation.
+        win_size: window size.
+        sigma: Gaussian standard deviation (Gaussian window only).
         k1, k2: SSIM stabilising constants.
+        kernel_type: ``"gaussian"`` or ``"uniform"`` (scikit-image's default, SynthRAD's).
+        sample_covariance: use sample (co)variances as scikit-image does (K2 adjusted,
+            :func:`~modality_translation.metrics.image_similarity.sample_covariance_k2`).
         output_transform: maps the engine output to ``(pred, label, mask)``.
         device: device of the accumulators.
     """
 
     def __init__(self, data_range: float = 2.0, win_size: int = 11, sigma: float = 1.5, k1: float = 0.01,
-                 k2: float = 0.03, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+                 k2: float = 0.03, kernel_type: str = "gaussian", sample_covariance: bool = False,
+                 output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
         if win_size < 1 or win_size % 2 == 0:
             raise ValueError(f"win_size must be an odd positive integer, got {win_size}")
-        self.data_range, self.win_size, self.sigma, self.k1, self.k2 = float(data_range), int(win_size), float(sigma), k1, k2
+        if kernel_type not in ("gaussian", "uniform"):
+            raise ValueError(f"kernel_type must be 'gaussian' or 'uniform', got {kernel_type!r}")
+        self.data_range, self.win_size, self.sigma, self.k1 = float(data_range), int(win_size), float(sigma), k1
+        self.k2 = sample_covariance_k2(self.win_size, 2, k2) if sample_covariance else k2
+        self.kernel_type = kernel_type
         super().__init__(output_transform=output_transform, device=device)
 
     def per_image(self, pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ssim_map, _ = compute_ssim_and_cs(
             pred, label, spatial_dims=2, kernel_size=(self.win_size,) * 2, kernel_sigma=(self.sigma,) * 2,
-            data_range=self.data_range, k1=self.k1, k2=self.k2,
+            data_range=self.data_range, kernel_type=self.kernel_type, k1=self.k1, k2=self.k2,
         )
         half = self.win_size // 2
         inside = mask[:, :1, half : mask.shape[2] - half, half : mask.shape[3] - half].expand_as(ssim_map)
@@ -136,3 +148,18 @@ class MaskedPSNR(_MaskedMean):
         # A perfect prediction gives inf (and an inf mean), as MONAI's PSNR does.
         psnr = 10.0 * torch.log10(self.data_range**2 / mse)
         return torch.where(counts > 0, psnr, torch.full_like(psnr, math.nan))
+
+
+class MaskedMAE(_MaskedMean):
+    """Mean absolute error inside a mask, per image, averaged over images (e.g. HU of a synthetic CT slice).
+
+    Args:
+        output_transform: maps the engine output to ``(pred, label, mask)``.
+        device: device of the accumulators.
+    """
+
+    def per_image(self, pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        inside = mask[:, :1].expand_as(pred)
+        counts = inside.flatten(1).sum(1)
+        sums = ((pred - label).abs() * inside).flatten(1).sum(1)
+        return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))

@@ -7,6 +7,10 @@ volume of the same grid inside a head mask:
 - **CT targets** (Hounsfield units): SynthRAD2023 conventions (``metrics.synthrad_metrics``): MAE in
   HU over the mask on the unclipped images; PSNR and SSIM on images clipped to [-1024, 3000] HU, data
   range 4024 HU, PSNR over the mask voxels, SSIM (7-voxel 3D window) averaged over the mask.
+  With a label map (``labels_key``, e.g. the demo's ``truth_labels_in_t2``) also the MAE per tissue
+  class inside the mask (``metrics.mae_per_tissue_class``; by default air = label 0, soft tissue =
+  scalp, fat, CSF, grey and white matter, ventricle, bone = cortical bone and diploe):
+  ``mae_hu_<class>`` columns, empty where a subject has no voxel of the class.
 - **MR targets**: MR has no absolute unit, so the comparison is on the network's normalised scale.
   The prediction already is on it; the target is normalised exactly as the inputs of that modality
   were (:class:`~modality_translation.inference.IntensityMapping`: by default the 0.5/99.5
@@ -24,6 +28,12 @@ SSIM already is the masked one; ``ssim_masked`` repeats it so that every summary
 PSNR is ``inf`` for a prediction identical to its target (no cap): the CSV holds ``inf`` and the
 summary counts it in ``n_non_finite`` (see ``metrics.report``).
 
+Before any metric, every prediction, target and mask (and label map) is checked to exist and to lie
+on the prediction's grid; the target key and each target file's name must not name another modality
+than ``modality`` (``truth_t2_in_t2`` cannot be a CT target). While reading, a CT prediction or
+target whose values all lie in the network range (not HU), and an MR target that holds CT air
+(``IntensityMapping.check_intensities``), stop the evaluation before any report is written.
+
 FID (optional) compares the axial slices inside the head of all predictions with those of all
 targets, both on the network scale, with Inception features from a local TorchScript file
 (``metrics.InceptionFeatureExtractor``); without a configured file it is skipped with a note in the
@@ -38,19 +48,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from modality_translation.data.datalist import MODALITY_ALIASES, ModalityMismatchError, check_modality_name, modality_of_key
 from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.volume import check_files_on_grid, load_datalist_items, read_volume
 from modality_translation.metrics import (
+    DEMO_TISSUE_CLASSES,
     SYNTHRAD_HU_RANGE,
     InceptionFeatureExtractor,
+    check_tissue_classes,
     fid_from_features,
     mae,
+    mae_per_tissue_class,
     psnr,
     ssim,
     ssim_inside_mask,
@@ -132,6 +147,8 @@ def evaluate_translation(
     fid_batch_size: int = 32,
     csv_name: str = "metrics.csv",
     summary_name: str = "metrics_summary.json",
+    labels_key: str | None = None,
+    tissue_classes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Compute per-subject SSIM, PSNR and MAE (and optionally FID) of translated volumes; write the report.
 
@@ -163,6 +180,10 @@ def evaluate_translation(
         fid_batch_size: slices per FID forward pass.
         csv_name: per-subject CSV file name.
         summary_name: summary JSON file name.
+        labels_key: CT targets only: item key of an integer tissue label map on the prediction's grid
+            (the demo cohort's ``"truth_labels_in_t2"``), for the MAE per tissue class; ``None``: none.
+        tissue_classes: ``{class name: [labels]}`` of that map (default
+            ``metrics.DEMO_TISSUE_CLASSES``: air, soft_tissue, bone of the demo labels).
 
     Returns:
         The summary written to ``summary_name``.
@@ -172,12 +193,26 @@ def evaluate_translation(
         InputReadError: a missing or unreadable file (named).
         GeometryError: a target or mask whose grid differs from the prediction's (both files named).
         FileNotFoundError, WeightsFileError: a configured FID model file that is missing or unusable.
-        ValueError: a CT target declared ``on_network_scale`` (CT is evaluated in HU).
+        ModalityMismatchError: a target key or target file named as another modality than ``modality``.
+        IntensityMismatchError: a CT prediction or target not in HU, an MR target holding CT air (the
+            file named; raised while reading, before the report is written).
+        ValueError: a CT target declared ``on_network_scale`` (CT is evaluated in HU); a label map
+            for an MR target; an invalid ``tissue_classes``.
     """
     mapping = IntensityMapping.resolve(modality, intensity, preprocessing)
     if mapping.is_ct and mapping.on_network_scale:
         raise ValueError("CT targets are compared in HU (SynthRAD2023): give the HU volume (the cohort's "
                          "'ct_hu' or 'truth_ct_in_<m>'), not the windowed one")
+    classes = None
+    if labels_key is not None:
+        if not mapping.is_ct:
+            raise ValueError(f"labels_key {labels_key!r}: the MAE per tissue class is a CT metric in HU; the target "
+                             f"modality is {mapping.modality.upper()}")
+        classes = check_tissue_classes(DEMO_TISSUE_CLASSES if tissue_classes is None else tissue_classes)
+    key_modality = modality_of_key(target_key)
+    if key_modality in MODALITY_ALIASES and key_modality != mapping.modality:
+        raise ModalityMismatchError(None, f"target_key {target_key!r} holds a {key_modality.upper()} image, but the "
+                                          f"evaluation's target modality is {mapping.modality.upper()}")
     extractor = None
     if fid_model_path is not None:
         require_local_file(fid_model_path, "FID TorchScript model")
@@ -186,24 +221,39 @@ def evaluate_translation(
             model_input_range=fid_model_input_range,
         )
 
-    path_keys = {pred_key: "prediction", target_key: "target", **({mask_key: "head mask"} if mask_key is not None else {})}
+    optional_keys = {mask_key: "head mask", labels_key: "tissue labels"}
+    path_keys = {pred_key: "prediction", target_key: "target", **{k: v for k, v in optional_keys.items() if k is not None}}
     items = load_datalist_items(datalist, split, base_dir, path_keys, subject_key)
     cases = []
     for item in items:
-        pred_path, target_path, mask_path = item[pred_key], item[target_key], item.get(mask_key)
-        on_pred_grid = [(target_path, "target"), *([(mask_path, "head mask")] if mask_path is not None else [])]
+        pred_path, target_path = item[pred_key], item[target_key]
+        mask_path, labels_path = item.get(mask_key), item.get(labels_key)
+        # The file name only: the folders above it (an output folder "t1_to_t2") do not count.
+        check_modality_name(target_path, mapping.modality, name=Path(target_path).name)
+        on_pred_grid = [(target_path, "target"), *((path, what) for path, what in
+                                                   ((mask_path, "head mask"), (labels_path, "tissue labels"))
+                                                   if path is not None)]
         check_files_on_grid(pred_path, "prediction", on_pred_grid)
-        cases.append((item[subject_key], pred_path, target_path, mask_path))
+        cases.append((item[subject_key], pred_path, target_path, mask_path, labels_path))
 
+    # An MR prediction is on the network scale; a CT one in HU, as its target.
+    pred_mapping = mapping if mapping.is_ct else replace(mapping, on_network_scale=True)
     rows, pred_features, target_features = [], [], []
-    for subject, pred_path, target_path, mask_path in cases:
+    for subject, pred_path, target_path, mask_path, labels_path in cases:
         pred = read_volume(pred_path, "prediction").array
+        pred_mapping.check_intensities(pred, pred_path, "prediction")
         target = read_volume(target_path, "target").array
+        mapping.check_intensities(target, target_path, "target")
         mask = read_volume(mask_path, "head mask").array > 0 if mask_path is not None else mapping.compute_head_mask(target)
         if mapping.is_ct:
             values = synthrad_metrics(pred, target, mask)
-            rows.append({subject_key: subject, "mae_hu": values["mae"], "psnr_db": values["psnr"], "ssim": values["ssim"],
-                         "ssim_masked": values["ssim"]})
+            row = {subject_key: subject, "mae_hu": values["mae"], "psnr_db": values["psnr"], "ssim": values["ssim"],
+                   "ssim_masked": values["ssim"]}
+            if classes is not None:
+                labels = read_volume(labels_path, "tissue labels").array
+                tissue_mae = mae_per_tissue_class(pred, target, labels, mask, classes)
+                row.update({f"mae_hu_{name}": value for name, value in tissue_mae.items()})
+            rows.append(row)
         else:
             target = mapping.to_network(target, mask)
             data_range = mapping.data_range or float(np.ptp(target[mask]))
@@ -231,7 +281,11 @@ def evaluate_translation(
         }
     if mapping.is_ct:
         scale = {"units": "HU", "mae": "HU over the mask, unclipped", "psnr_ssim_clip_hu": list(SYNTHRAD_HU_RANGE),
-                 "data_range": SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0], "conventions": "SynthRAD2023"}
+                 "data_range": SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0], "conventions": "SynthRAD2023",
+                 "ssim_outside_mask_hu": SYNTHRAD_HU_RANGE[0]}
+        if classes is not None:
+            scale.update({"labels_key": labels_key, "tissue_classes": {name: list(v) for name, v in classes.items()},
+                          "tissue_mae": "HU over the voxels of the class inside the mask, unclipped"})
     else:
         scale = {"units": "normalised", "normalization": dict(mapping.normalization), "out_range": list(mapping.out_range),
                  "data_range": mapping.data_range or "per-subject target range inside the mask"}

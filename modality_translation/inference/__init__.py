@@ -5,7 +5,7 @@ Every class and function takes plain JSON values (and ``@network`` references), 
 """
 
 from modality_translation.inference.dicom_output import default_series_description, write_dicom_series
-from modality_translation.inference.intensity import MR_NORMALIZATION_METHODS, IntensityMapping
+from modality_translation.inference.intensity import MR_NORMALIZATION_METHODS, IntensityMapping, IntensityMismatchError
 from modality_translation.inference.volume import (
     CanonicalVolume,
     TranslateVolumed,
@@ -28,6 +28,7 @@ __all__ = [
     "MR_NORMALIZATION_METHODS",
     "CanonicalVolume",
     "IntensityMapping",
+    "IntensityMismatchError",
     "TranslateVolumed",
     "VolumeSliceInferer",
     "VolumeTranslator",

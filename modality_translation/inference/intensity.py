@@ -12,6 +12,12 @@ A 2D translation network sees every modality on one scale, usually ``[-1, 1]`` (
   mean 0 and standard deviation 1 inside the mask, 0 outside). A network's MR output stays on that
   scale: an MR volume has no absolute unit to return to.
 
+:meth:`IntensityMapping.check_intensities` refuses, naming the file, a volume whose values cannot be
+of the modality and scale it is used as: values beyond the network range for a volume declared on
+it, a CT in Hounsfield units given where an MR is expected (air at -1000 HU: no MR magnitude is
+negative), values within the network range where HU are expected. It checks what is plainly
+checkable; a windowed CT and a normalised MR share one range and are told apart only by their names.
+
 Volumes that the preprocessing already normalised or windowed (the cohort's ``t1``, ``t2`` and
 windowed ``ct`` volumes; ``ct_hu`` is in HU) are declared with ``on_network_scale=True`` and pass
 through :meth:`IntensityMapping.to_network` unchanged.
@@ -34,13 +40,25 @@ from typing import Any
 import numpy as np
 import yaml
 
-from preprocessing.errors import InputReadError
+from preprocessing.errors import InputReadError, PreprocessingError
 from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize
 from preprocessing.windowing import WindowSpec, get_window, hu_to_window, window_to_hu
 
 
 #: MR normalisation methods of the preprocessing.
 MR_NORMALIZATION_METHODS = ("percentile", "zscore")
+
+#: HU at or below which a voxel is air in a CT; no MR magnitude (nor a normalised MR) goes this low.
+HU_AIR_THRESHOLD = -500.0
+#: Fraction of air voxels from which a volume is taken for a CT in HU (a head CT has tens of percent).
+HU_AIR_MIN_FRACTION = 0.01
+#: Tolerance beyond the network range, as a fraction of its span (interpolation overshoot, rounding).
+RANGE_TOLERANCE = 0.01
+
+
+class IntensityMismatchError(PreprocessingError):
+    """A volume's intensities cannot be of the modality or scale it is used as (e.g. a CT in HU given as an MR)."""
+
 
 _NORMALIZATION_OPTIONS = {"percentile": {"lower", "upper", "outside_value"}, "zscore": {"outside_value"}}
 _HEAD_MASK_OPTIONS = {"method", "noise_quantile", "closing_radius", "slice_fill_axis"}
@@ -201,6 +219,51 @@ class IntensityMapping:
         if not self.is_ct and self.normalization["method"] == "zscore":
             return None
         return self.out_range[1] - self.out_range[0]
+
+    def check_intensities(self, volume: np.ndarray, path: str | os.PathLike | None = None, what: str = "volume") -> None:
+        """Raise unless ``volume``'s values can be of this modality on this mapping's scale.
+
+        - declared ``on_network_scale`` (bounded scale): every value within ``out_range`` (1 % of its
+          span of tolerance);
+        - an MR (raw or z-scored): fewer than 1 % of the voxels at or below -500 (the air of a CT in HU);
+        - a CT in HU: values that do not all lie within ``out_range`` (those would be windowed or
+          network-scale values).
+
+        Args:
+            volume: the array (finite values).
+            path: its file, named in the error.
+            what: what the volume is, for the message (``"volume to translate"``, ``"prediction"``).
+
+        Raises:
+            IntensityMismatchError: naming the file, the expected modality and scale, and the values found.
+        """
+        values = np.asarray(volume)
+        low, high = float(values.min()), float(values.max())
+        found = f"its values span [{low:.6g}, {high:.6g}]"
+        air_fraction = float(np.count_nonzero(values <= HU_AIR_THRESHOLD)) / max(values.size, 1)
+        looks_like_ct_hu = air_fraction >= HU_AIR_MIN_FRACTION
+        range_low, range_high = self.out_range
+        tolerance = RANGE_TOLERANCE * (range_high - range_low)
+        within_range = low >= range_low - tolerance and high <= range_high + tolerance
+        name = "CT" if self.is_ct else f"{self.modality.upper()} (MR)"
+        if self.on_network_scale and self.data_range is not None:
+            if not within_range:
+                hint = ""
+                if looks_like_ct_hu:
+                    hint = (f"; {air_fraction:.0%} of its voxels are at or below {HU_AIR_THRESHOLD:g}: "
+                            "a CT in Hounsfield units" + ("" if self.is_ct else ", not an MR"))
+                raise IntensityMismatchError(
+                    path, f"the {what} should be {name} on the network scale [{range_low:g}, {range_high:g}], "
+                    f"but {found}{hint}")
+        elif self.is_ct:
+            if within_range:
+                raise IntensityMismatchError(
+                    path, f"the {what} should be CT in Hounsfield units, but {found}, within the network range "
+                    f"[{range_low:g}, {range_high:g}]: windowed or network-scale values, not HU")
+        elif looks_like_ct_hu:
+            raise IntensityMismatchError(
+                path, f"the {what} should be {name} intensities, but {air_fraction:.0%} of its voxels are at or "
+                f"below {HU_AIR_THRESHOLD:g} ({found}): the air of a CT in Hounsfield units, not an MR")
 
     def compute_head_mask(self, volume: np.ndarray) -> np.ndarray:
         """Head mask of a volume of this modality (``head_mask_ct`` for CT, ``head_mask_mr`` with :attr:`head_mask`).

@@ -528,12 +528,15 @@ class VolumeTranslator:
         Raises:
             InputReadError: an unreadable input or mask.
             GeometryError: a mask on another grid (both files named).
+            IntensityMismatchError: input values that cannot be of the source modality on its scale
+                (``IntensityMapping.check_intensities``: e.g. a CT in HU for an MR model).
         """
         mask = None
         if mask_path is not None:
             check_files_on_grid(input_path, "volume", [(mask_path, "head mask")])
             mask = read_volume(mask_path, "head mask").array > 0
         volume = read_volume(input_path)
+        self.source.check_intensities(volume.array, input_path, "volume to translate")
         output = self.translate_array(volume.array, volume.spacing, mask)
         return write_volume_like(volume, output, output_path)
 
@@ -689,7 +692,8 @@ def translate_datalist(
 ) -> list[dict[str, Any]]:
     """Translate the source volume of every item of a datalist split.
 
-    All inputs are checked first (files exist, masks on the input's grid), so a bad item stops the run
+    All inputs are checked first (files exist, masks on the input's grid, values that can be of the
+    source modality on its scale: ``IntensityMapping.check_intensities``), so a bad item stops the run
     before any output is written. Writes ``<output_dir>/<subject>/<output_key>.nii.gz`` per item, with
     ``write_dicom`` also a DICOM series in ``<output_dir>/<subject>/<output_key>_dicom/``
     (:func:`~modality_translation.inference.dicom_output.write_dicom_series`; the subject name, a
@@ -718,11 +722,15 @@ def translate_datalist(
     Raises:
         InputReadError, PreprocessingError, GeometryError: before any work, for a missing file or key,
             an empty split or a mask on another grid.
+        IntensityMismatchError: before any work, a volume whose values cannot be of the source
+            modality (e.g. a CT in HU listed as the T2 of an MR -> CT model), the file named.
     """
     path_keys = {source_key: "volume to translate", **({mask_key: "head mask"} if mask_key is not None else {})}
     items = load_datalist_items(datalist, split, base_dir, path_keys, subject_key)
     for item in items:
         check_files_on_grid(item[source_key], "volume", [(item[mask_key], "head mask")] if mask_key is not None else [])
+    for item in items:  # reads the voxels: after the header checks of every item
+        translator.source.check_intensities(read_volume(item[source_key]).array, item[source_key], "volume to translate")
 
     transform = TranslateVolumed(source_key, translator, output_dir, output_key, mask_key, subject_key)
     outputs = []

@@ -30,6 +30,22 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
+def sample_covariance_k2(win_size: int, spatial_dims: int, k2: float = SSIM_K2) -> float:
+    """The K2 that makes MONAI's uniform-window SSIM equal scikit-image's ``structural_similarity``.
+
+    scikit-image uses sample (co)variances, i.e. MONAI's population ones times ``c = n / (n - 1)``
+    for a window of ``n`` voxels; in SSIM that factor cancels except against C2, so scikit-image's
+    SSIM is MONAI's with K2 / sqrt(c).
+
+    Args:
+        win_size: window side (7 for SynthRAD2023).
+        spatial_dims: 2 for slices, 3 for volumes.
+        k2: SSIM's contrast constant (0.03).
+    """
+    num_points = win_size**spatial_dims
+    return k2 / math.sqrt(num_points / (num_points - 1))
+
+
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> int:
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
@@ -209,10 +225,7 @@ def synthrad_metrics(
     # Outside the mask both images are set to the range minimum, then shifted to start at 0.
     pred_ssim = np.where(inside, pred_clipped, low) - low
     target_ssim = np.where(inside, target_clipped, low) - low
-    num_points = SYNTHRAD_SSIM_WINDOW**pred_hu.ndim
-    # scikit-image uses sample (co)variances, i.e. MONAI's population ones times c = n / (n - 1); in
-    # SSIM that factor cancels except against C2, so it is the same as MONAI's SSIM with K2 / sqrt(c).
-    k2_sample_covariance = SSIM_K2 / math.sqrt(num_points / (num_points - 1))
     ssim_value = ssim_inside_mask(pred_ssim, target_ssim, inside, data_range, win_size=SYNTHRAD_SSIM_WINDOW,
-                                  kernel_type="uniform", k2=k2_sample_covariance)
+                                  kernel_type="uniform",
+                                  k2=sample_covariance_k2(SYNTHRAD_SSIM_WINDOW, pred_hu.ndim))
     return {"mae": mae(pred_hu, target_hu, inside), "psnr": psnr_value, "ssim": ssim_value}

@@ -5,6 +5,7 @@
 Modules, one job each:
 
 * :mod:`.discovery`: the subjects of an input folder and their pseudonyms;
+* :mod:`.selection`: the subjects a slice-count rule leaves out (reported, not processed);
 * :mod:`.references`: the cohort-wide reference of each modality;
 * :mod:`.steps`: the per-subject steps, each declaring what it reads and writes, and the tasks that run them;
 * :mod:`.markers`: completion markers and the output lock (safe on a shared filesystem);
@@ -19,13 +20,14 @@ output file has a provenance sidecar (:mod:`preprocessing.provenance`); subject 
 pseudonyms (:mod:`preprocessing.pseudonym`).
 """
 
-from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS, RunnerError
+from preprocessing.runner.common import STATUS_EXCLUDED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS, RunnerError
 from preprocessing.runner.discovery import CohortInputs, SubjectSource, discover_subjects
 from preprocessing.runner.pool import WorkerLost, WorkerPool, WorkerSettings, dask_pool, local_pool
 from preprocessing.runner.reports import split_subjects
 from preprocessing.runner.run import run_cohort
 
 __all__ = [
+    "STATUS_EXCLUDED",
     "STATUS_FAILED",
     "STATUS_OK",
     "STATUS_SKIPPED",

@@ -18,6 +18,8 @@ from preprocessing.pseudonym import Redactor
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_SKIPPED = "skipped-finished"
+#: Left out by a volume selection rule (``input.keep_slice_counts``), with the reason: not a failure.
+STATUS_EXCLUDED = "excluded"
 #: Steps timed per subject (report columns), in pipeline order.
 STEPS = ("read", "register", "mask", "window", "normalise", "pair", "slice", "truth", "qc")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

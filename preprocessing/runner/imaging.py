@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.dicom import to_canonical
+from preprocessing.errors import GeometryError
 from preprocessing.nifti import read_nifti
 from preprocessing.registration import RegistrationResult, apply_transforms, save_transforms
 from preprocessing.runner.common import NIFTI_SUFFIXES, jsonable, like
@@ -43,11 +44,47 @@ def apply_mask(ct_hu: sitk.Image, mask: sitk.Image, outside_hu: float) -> sitk.I
     return like(masked.astype(np.float32, copy=False), ct_hu)
 
 
+def grid_difference(first: sitk.Image, second: sitk.Image, tolerance: float = 1e-6) -> str | None:
+    """How ``first``'s grid differs from ``second``'s (``None``: the same size, and spacing, origin
+    and direction within ``tolerance``, in mm and direction cosines)."""
+    if first.GetSize() != second.GetSize():
+        return f"size {list(first.GetSize())} differs from {list(second.GetSize())}"
+    for name in ("spacing", "origin", "direction"):
+        mine, theirs = (np.asarray(getattr(image, f"Get{name.title()}")()) for image in (first, second))
+        if not np.allclose(mine, theirs, rtol=0.0, atol=tolerance):
+            return (f"{name} {np.round(mine, 4).tolist()} differs from {np.round(theirs, 4).tolist()} "
+                    f"(by up to {np.abs(mine - theirs).max():.3g}, tolerance {tolerance:g})")
+    return None
+
+
+#: Largest difference of spacing and origin (mm) and direction (cosines) between volumes delivered on
+#: one grid (SynthRAD2023's CT, MR and mask): they are written from one resampling, and their NIfTI
+#: headers hold float32 values, which round a 200 mm origin to about 1e-5 mm, far below this.
+GRID_TOLERANCE = 1e-3
+
+
+def check_one_grid(image: sitk.Image, other: sitk.Image, image_file: str | os.PathLike,
+                   other_file: str | os.PathLike, needed_by: str) -> None:
+    """Raise unless two volumes delivered on one grid do share it (within :data:`GRID_TOLERANCE`).
+
+    Args:
+        image, other: the two volumes as read.
+        image_file: the file of ``image``, named by the error.
+        other_file: the file of ``other``, named by its file name.
+        needed_by: what needs the shared grid, for the message.
+
+    Raises:
+        GeometryError: naming ``image_file``, ``other_file``'s name and what differs.
+    """
+    difference = grid_difference(image, other, GRID_TOLERANCE)
+    if difference is not None:
+        raise GeometryError(image_file, f"not on the grid of the subject's {Path(other_file).name}: {difference}; "
+                            f"{needed_by}")
+
+
 def same_grid(first: sitk.Image, second: sitk.Image) -> bool:
     """Whether two images share size, spacing, origin and direction (to 1e-6)."""
-    return first.GetSize() == second.GetSize() and all(
-        np.allclose(getattr(first, name)(), getattr(second, name)(), atol=1e-6)
-        for name in ("GetSpacing", "GetOrigin", "GetDirection"))
+    return grid_difference(first, second) is None
 
 
 def carried_mask(mask: sitk.Image, grid: sitk.Image, transforms: list[str]) -> sitk.Image:

@@ -12,7 +12,7 @@ import numpy as np
 
 from preprocessing.atomic import atomic_write_json, atomic_write_text
 from preprocessing.provenance import input_record, write_sidecar
-from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
+from preprocessing.runner.common import STATUS_EXCLUDED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
 from preprocessing.runner.discovery import CohortInputs
 
 __all__ = ["split_subjects", "step_totals", "write_cohort_outputs"]
@@ -65,7 +65,8 @@ def step_totals(seconds: Mapping[str, float]) -> dict[str, float]:
 
 
 def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, references: dict, results: dict,
-                         output: Path, workers: int, threads: int, seconds: float, phases: dict[str, float]) -> dict:
+                         output: Path, workers: int, threads: int, seconds: float, phases: dict[str, float],
+                         selection: dict | None = None) -> dict:
     """Write ``dataset.json``, ``report.json``, ``report.csv`` (and the pseudonym map if configured).
 
     Args:
@@ -79,6 +80,7 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
         threads: ANTs threads per worker.
         seconds: the run's wall time.
         phases: wall seconds per phase.
+        selection: the slice-count rules as applied (:func:`~preprocessing.runner.selection.exclude_by_slice_count`).
 
     Returns:
         The report.
@@ -97,15 +99,17 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
                 index = json.loads((output / entry[key]).read_text())
                 if index["slices"]:
                     slice_sizes[key[: -len("_slice_index")]] = index["slices"][0]["geometry"]["output_shape"]
-    pairing = config["pairing"]
+    pairing, ct_pairing = config["pairing"], config["ct_pairing"]
+    pairs = {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]} if pairing["enabled"] else {}
+    if ct_pairing["enabled"] and "ct" in modalities:
+        pairs.update({f"ct_in_{m}": ["ct", m] for m in ct_pairing["fixed"] if m in modalities})
     datalist = {
         "name": config["name"],
         "description": config["description"] or f"preprocessed with the '{config['name']}' configuration",
         "config": config["name"],
         "config_sha256": config_hash,
         "modalities": modalities,
-        "pairs": {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]}
-        if pairing["enabled"] else {},
+        "pairs": pairs,
         "ct_window": {**get_window(config["ct"]["window"]).to_dict(), "out_range": config["ct"]["out_range"],
                       "volumes": "ct: windowed, ct_hu: Hounsfield units"} if "ct" in modalities else None,
         "normalisation": config["mr"]["normalization"],
@@ -145,8 +149,10 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
         "ants_threads_per_worker": threads,
         "seconds": round(seconds, 3),
         "phase_seconds": phases,
-        "counts": {status: sum(r["status"] == status for r in rows) for status in (STATUS_OK, STATUS_SKIPPED, STATUS_FAILED)},
+        "counts": {status: sum(r["status"] == status for r in rows)
+                   for status in (STATUS_OK, STATUS_SKIPPED, STATUS_FAILED, STATUS_EXCLUDED)},
         "unassigned_inputs": inputs.unassigned,
+        "volume_selection": selection or {},
         "references": datalist["references"],
         "subjects": rows,
     }

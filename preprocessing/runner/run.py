@@ -2,8 +2,9 @@
 
 Two phases, because references are cohort-wide:
 
-1. every subject is read (in parallel) and cached as NIfTI under ``OUT/cache``; then, per
-   modality, the reference is chosen (:mod:`.references`);
+1. every subject is read (in parallel) and cached as NIfTI under ``OUT/cache``; the subjects a
+   slice-count rule leaves out are marked excluded (:mod:`.selection`); then, per modality, the
+   reference is chosen among the others (:mod:`.references`);
 2. subjects are processed in parallel, each against the references (:mod:`.steps`).
 
 Robustness: a subject that fails (bad file, failed step, its worker lost twice) is reported with
@@ -37,6 +38,7 @@ from preprocessing.runner.markers import OutputLock, complete, remove_stray_temp
 from preprocessing.runner.pool import WorkerPool, WorkerSettings, core_count, local_pool
 from preprocessing.runner.references import prepare_references
 from preprocessing.runner.reports import write_cohort_outputs
+from preprocessing.runner.selection import exclude_by_slice_count
 from preprocessing.runner.steps import process_job, read_job
 
 __all__ = ["run_cohort"]
@@ -91,6 +93,7 @@ def run_cohort(
         remove_stray_temporaries(output)
         phases["start_workers_and_read"] = time.perf_counter()
         reads = read_subjects(workers_pool, inputs, config, output, progress)
+        selection = exclude_by_slice_count(config, reads)
         phases["references"] = time.perf_counter()
         references = prepare_references(workers_pool, config, inputs, reads, output, progress)
         phases["process"] = time.perf_counter()
@@ -100,7 +103,8 @@ def run_cohort(
         marks = list(phases.items())
         phase_seconds = {name: round(marks[i + 1][1] - when, 3) for i, (name, when) in enumerate(marks[:-1])}
         return write_cohort_outputs(config, config_sha256(config), inputs, references, results, output,
-                                    workers_pool.workers, settings.threads, time.perf_counter() - start, phase_seconds)
+                                    workers_pool.workers, settings.threads, time.perf_counter() - start, phase_seconds,
+                                    selection)
 
 
 def _pool(executor: Executor | WorkerPool | AbstractContextManager[WorkerPool] | None, workers: int,
@@ -145,6 +149,7 @@ def read_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, output: 
     names, anywhere = _redaction(inputs)
     jobs = {source.subject: {"subject": source.subject, "volumes": {m: str(p) for m, p in source.volumes.items()},
                              "truth": str(source.truth) if source.truth else None, "problems": source.problems,
+                             "mask": str(source.mask) if source.mask else None,
                              "cache": str(output / "cache" / source.subject), "dicom": config["input"]["dicom"],
                              "names": names, "anywhere": anywhere}
             for source in inputs.subjects}
@@ -164,8 +169,10 @@ def process_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, reads
     jobs: dict[str, dict] = {}
     for source in inputs.subjects:
         read = reads[source.subject]
-        if read["status"] != STATUS_OK:
-            results[source.subject] = {"subject": source.subject, "status": STATUS_FAILED, "reason": read["reason"],
+        if read["status"] != STATUS_OK:  # failed, or excluded by a selection rule
+            # An earlier run's outputs of the subject must not outlive it.
+            shutil.rmtree(output / "subjects" / source.subject, ignore_errors=True)
+            results[source.subject] = {"subject": source.subject, "status": read["status"], "reason": read["reason"],
                                        "seconds": read["seconds"]}
             continue
         modalities = sorted(source.volumes, key=lambda m: (m != "ct", m))
@@ -181,6 +188,7 @@ def process_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, reads
             "subject": source.subject, "output": str(output), "config": config, "modalities": modalities,
             "volumes": {m: str(p) for m, p in source.volumes.items()}, "references": used,
             "truth": str(source.truth) if source.truth else None, "inputs_sha256": read["inputs_sha256"],
+            "mask": str(source.mask) if source.mask else None,
             "names": names, "anywhere": anywhere, "identifiers": read["identifiers"], "key": key}
     # Longest first: the last subjects to start are then the shortest, so the workers finish
     # together instead of one waiting for the other's last large subject.
@@ -193,7 +201,7 @@ def process_subjects(pool: WorkerPool, inputs: CohortInputs, config: dict, reads
         result["seconds"] = {**reads[subject]["seconds"], **result["seconds"]}
         results[subject] = result
     for subject, read in reads.items():
-        if read["status"] == STATUS_OK:
+        if "metadata" in read:  # read: processed, or excluded by its slice counts
             results[subject]["inputs"] = read["metadata"]
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from monai.bundle import run as run_in_process
 
 from modality_translation.engines.checkpoint import checkpoint_path
@@ -25,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = REPO_ROOT / "bundles"
 SCHEMA = Path(__file__).resolve().parent / "meta_schema_20240725.json"
 
-#: The demo preprocessing made fast for tests: rigid registration with few iterations, no QC
-#: images, 32 x 32 slices.
+#: The demo preprocessing made fast for tests: rigid registration with few iterations (the CT
+#: paired onto its own T2 and T1 rigidly too), no QC images, 32 x 32 slices.
 FAST_PREPROCESSING = {
     "extends": "demo",
     "registration": {
@@ -40,6 +41,7 @@ FAST_PREPROCESSING = {
         }
     },
     "pairing": {"registration": {"transforms": ["Rigid"]}},
+    "ct_pairing": {"registration": {"transforms": ["Rigid"]}},
     "qc": {"enabled": False},
     "slices": {"size": 32},
 }
@@ -134,6 +136,15 @@ def train_with_two_processes(bundle: str, dataset: Path, folder: Path, *extra: s
     return run_checked(torchrun_command(2, "run", *training_args(configs, dataset, folder, *extra, epochs=1))).stdout
 
 
+def assert_two_process_pix2pix_training(bundle: str, dataset: Path, folder: Path, metric: str) -> None:
+    """One epoch of a pix2pix bundle by two processes (:func:`train_with_two_processes`): rank 0 alone logs the
+    validation ``metric``, and the generator is saved without the DDP wrapper."""
+    log = train_with_two_processes(bundle, dataset, folder)
+    assert len(re.findall(rf"Epoch\[1\] Metrics -- .*{metric}", log)) == 1
+    model = load_generators(folder / "models")
+    assert "down.0.0.weight" in model and not any(key.startswith("module.") for key in model)
+
+
 def load_generators(models: Path) -> dict:
     """The ``model.pt`` a training saves: ``{"g_ab": state dict, "g_ba": state dict}``."""
     return torch.load(models / "model.pt", map_location="cpu", weights_only=True)
@@ -197,6 +208,61 @@ def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path,
                 use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE,
                 generator_channels=TINY_NETWORKS["generator_channels"], **overrides)
     return torch.jit.load(str(exported))
+
+
+def assert_pix2pix_generator_exports(configs: Path, models: Path, exported: Path) -> None:
+    """A pix2pix bundle's trained tiny generator (``model.pt`` is its state dict itself) exports to
+    TorchScript with its weights and maps slices to slices of the same size."""
+    network = export_tiny_generator(configs, models, "", exported)
+    state = load_generators(models)
+    assert torch.equal(network.state_dict()["down.0.0.weight"], state["down.0.0.weight"])
+    assert network(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def pix2pix_training_workflow(configs: Path, dataset: Path, folder: Path) -> ConfigWorkflow:
+    """A pix2pix bundle's tiny training workflow, initialised, with the model zoo's training properties checked,
+    the paper's recipe asserted (200 epochs, BCE + 100 L1, Adam 2e-4 (0.5, 0.999), dropout 0.5 on three
+    decoder steps, a conditional discriminator on the two-channel pair); run from inside ``folder``."""
+    workflow = ConfigWorkflow(config_file=str(configs / "train.json"), logging_file=False, workflow_type="train",
+                              dataset_dir=str(dataset), ckpt_dir=str(folder / "models"),
+                              output_dir=str(folder / "eval"), **TINY_TRAINING)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    trainer = workflow.trainer
+    assert workflow.max_epochs == 200 and trainer.lambda_reconstruction == 100.0
+    assert isinstance(trainer.reconstruction_loss, torch.nn.L1Loss) and trainer.adversarial_loss.mode == "bce"
+    assert trainer.g_optimizer.defaults["lr"] == 2e-4 and trainer.g_optimizer.defaults["betas"] == (0.5, 0.999)
+    dropouts = [m.p for m in trainer.generator.modules() if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout)]
+    assert dropouts == [0.5, 0.5, 0.5]
+    # Conditional discriminator: source channel + judged image.
+    first = next(m for m in trainer.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 2
+    return workflow
+
+
+def datalist_without_pair(dataset: Path, destination: Path, pair: str) -> Path:
+    """A copy of a cohort's datalist whose first training subject has no ``<pair>_slices``; its folder."""
+    def drop_pair(content):
+        del content["training"][0][f"{pair}_slices"]
+
+    return absolute_datalist_copy(dataset / "dataset.json", destination, drop_pair).parent
+
+
+def datalist_with_pair_on_another_grid(dataset: Path, destination: Path, pair: str, change) -> tuple[Path, Path]:
+    """A copy of a cohort's datalist whose first training subject's ``<pair>_slice_index`` records another grid
+    (``change(geometry)`` applied to every slice's geometry); its folder and the changed index file."""
+    moved_index = destination / f"moved_{pair}_slices.json"
+
+    def on_another_grid(content):
+        item = content["training"][0]
+        index = json.loads(Path(item[f"{pair}_slice_index"]).read_text())
+        for entry in index["slices"]:
+            change(entry["geometry"])
+        moved_index.parent.mkdir(parents=True, exist_ok=True)
+        moved_index.write_text(json.dumps(index))
+        item[f"{pair}_slice_index"] = str(moved_index)
+
+    return absolute_datalist_copy(dataset / "dataset.json", destination / "cohort", on_another_grid).parent, moved_index
 
 
 def fail_before_training(configs: Path, tmp_path: Path, **overrides) -> BaseException:

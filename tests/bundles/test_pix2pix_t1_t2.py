@@ -1,32 +1,29 @@
 """The T1 -> T2 pix2pix bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from modality_translation.data.datalist import DatalistError
 from modality_translation.engines import checkpoint_path
 from preprocessing.errors import GeometryError
 from tests.bundles.helpers import (
     BUNDLES,
-    IMAGE_SIZE,
-    TINY_TRAINING,
-    absolute_datalist_copy,
     assert_killed_training_resumes_exactly,
+    assert_pix2pix_generator_exports,
     assert_predictions_on_source_grids,
-    export_tiny_generator,
+    assert_two_process_pix2pix_training,
+    datalist_with_pair_on_another_grid,
+    datalist_without_pair,
     fail_before_training,
     infer,
     load_generators,
+    pix2pix_training_workflow,
     read_metrics,
     run_bundle,
     split_items,
     train,
-    train_with_two_processes,
     verify_metadata_and_network_shapes,
 )
 
@@ -65,10 +62,7 @@ def test_killed_training_resumes_at_its_epoch_with_the_same_state(demo_dataset, 
 
 
 def test_multi_process_training_with_distributed_data_parallel(demo_dataset, tmp_path):
-    log = train_with_two_processes("pix2pix_t1_t2", demo_dataset, tmp_path)
-    assert len(re.findall(r"Epoch\[1\] Metrics -- .*val_t1_to_t2_ssim", log)) == 1
-    model = load_generators(tmp_path / "models")
-    assert "down.0.0.weight" in model and not any(key.startswith("module.") for key in model)
+    assert_two_process_pix2pix_training("pix2pix_t1_t2", demo_dataset, tmp_path, "val_t1_to_t2_ssim")
 
 
 @pytest.fixture(scope="module")
@@ -91,54 +85,26 @@ def test_inference_and_evaluation(demo_dataset, inferred):
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):
     verify_metadata_and_network_shapes(CONFIGS)
-    folder, _ = trained
-    network = export_tiny_generator(CONFIGS, folder / "models", "", tmp_path / "model.ts")
-    state = load_generators(folder / "models")
-    assert torch.equal(network.state_dict()["down.0.0.weight"], state["down.0.0.weight"])
-    assert network(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert_pix2pix_generator_exports(CONFIGS, trained[0] / "models", tmp_path / "model.ts")
 
 
 def test_model_zoo_training_properties_and_the_paper_recipe(demo_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
-                              output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    trainer = workflow.trainer
-    assert workflow.max_epochs == 200 and trainer.lambda_reconstruction == 100.0
-    assert isinstance(trainer.reconstruction_loss, torch.nn.L1Loss) and trainer.adversarial_loss.mode == "bce"
-    assert trainer.g_optimizer.defaults["lr"] == 2e-4 and trainer.g_optimizer.defaults["betas"] == (0.5, 0.999)
-    dropouts = [m.p for m in trainer.generator.modules() if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout)]
-    assert dropouts == [0.5, 0.5, 0.5]
-    # Conditional discriminator: source channel + judged image.
-    first = next(m for m in trainer.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
-    assert first.in_channels == 2
+    pix2pix_training_workflow(CONFIGS, demo_dataset, tmp_path)
 
 
 def test_datalist_without_the_pair_fails_before_training(demo_dataset, tmp_path):
-    def drop_pair(content):
-        del content["training"][0]["t2_in_t1_slices"]
-
-    copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", drop_pair)
-    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent))
+    copy = datalist_without_pair(demo_dataset, tmp_path / "cohort", "t2_in_t1")
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy))
     assert isinstance(error, DatalistError) and "'t2_in_t1_slices'" in str(error)
 
 
 def test_pair_on_another_grid_fails_before_training(demo_dataset, tmp_path):
-    moved_index = tmp_path / "moved_t2_in_t1_slices.json"
+    def twice_the_slice_spacing(geometry):  # the T2 as if resampled onto a grid of twice the slice spacing
+        geometry["spacing"][2] *= 2
 
-    def on_another_grid(content):
-        # The T2 of the first subject as if resampled onto a grid of twice the slice spacing.
-        item = content["training"][0]
-        index = json.loads(Path(item["t2_in_t1_slice_index"]).read_text())
-        for entry in index["slices"]:
-            entry["geometry"]["spacing"][2] *= 2
-        moved_index.write_text(json.dumps(index))
-        item["t2_in_t1_slice_index"] = str(moved_index)
-
-    copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", on_another_grid)
-    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent))
+    copy, moved_index = datalist_with_pair_on_another_grid(demo_dataset, tmp_path, "t2_in_t1", twice_the_slice_spacing)
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy))
     assert isinstance(error, GeometryError) and str(error).startswith(str(moved_index))
     assert "volume spacing" in str(error) and "a pair must be cut at the same place of one grid" in str(error)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from modality_translation.bundle_support import bundle_root, prepare_datalist, resume_checkpoint
+from modality_translation.bundle_support import bundle_root, prepare_datalist, require_modality, resume_checkpoint
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
 from preprocessing.errors import PreprocessingError
@@ -183,3 +183,14 @@ def test_resume_checkpoint_latest_none_or_refusal(tmp_path):
     assert resume_checkpoint(folder, str(checkpoint_path(folder, 2))) == str(checkpoint_path(folder, 2))
     with pytest.raises(FileNotFoundError, match="checkpoint to resume from does not exist"):
         resume_checkpoint(folder, os.fspath(tmp_path / "nowhere.pt"))
+
+
+def test_require_modality_names_the_setting_of_another_kind():
+    assert require_modality("T2", "mr", "source") == "t2" and require_modality("ct", "ct", "target") == "ct"
+    with pytest.raises(ValueError, match=r"^source: 'ct' is not an MR modality; this bundle needs one of t1, t2, pd, "
+                                         r"flair, mra as its source$"):
+        require_modality("ct", "mr", "source")
+    with pytest.raises(ValueError, match=r"^target: 't2' is not a CT modality"):
+        require_modality("t2", "ct", "target")
+    with pytest.raises(ValueError, match="unknown modality kind 'pet'"):
+        require_modality("t2", "pet")

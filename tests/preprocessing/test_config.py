@@ -12,6 +12,7 @@ from preprocessing.config import (
     SHIPPED_CONFIGS,
     ConfigError,
     config_sha256,
+    ct_pairing_config,
     load_config,
     merge_config,
     pairing_config,
@@ -38,6 +39,16 @@ def test_shipped_configs_differ_where_the_data_differ():
     assert ixi["input"]["modalities"] == ["t1", "t2"] and not ixi["artefact"]["enabled"]
     assert cq500["input"]["modalities"] == ["ct"] and cq500["artefact"]["enabled"]
     assert demo["slices"]["size"] == "auto" and ixi["slices"]["size"] == 256
+
+
+def test_synthrad2023_config_pairs_without_registering_and_uses_the_delivered_mask():
+    config = load_config("synthrad2023")
+    assert config["input"]["layout"] == "synthrad2023" and config["input"]["modalities"] == ["ct", "t1"]
+    assert not config["registration"]["enabled"] and not config["pairing"]["enabled"]
+    assert config["ct_pairing"] == {**config["ct_pairing"], "enabled": True, "fixed": ["t1"], "register": False}
+    assert config["artefact"]["mode"] == "given" and config["mr"]["head_mask"]["method"] == "given"
+    assert config["artefact"]["outside_hu"] == -1024.0
+    assert (config["ct"]["window"]["center"], config["ct"]["window"]["width"]) == (988, 4024)  # [-1024, 3000] HU
 
 
 def test_yaml_and_json_files_merge_over_the_defaults(tmp_path):
@@ -105,11 +116,39 @@ def test_mapping_input_and_registration_layers():
         ({"pseudonym": {"length": 4}}, "pseudonym.length"),
         ({"registration": {"output_min_spacing_mm": {"ct": -1}}}, "registration.output_min_spacing_mm"),
         ({"slices": 3}, "must be a mapping"),
+        ({"ct_pairing": {"fixd": ["t2"]}}, "unknown config key 'ct_pairing.fixd'"),
+        ({"ct_pairing": {"fixed": ["ct"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": ["t2", "xray"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": []}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"fixed": ["t2", "T2"]}}, "ct_pairing.fixed"),
+        ({"ct_pairing": {"register": "yes"}}, "ct_pairing"),
+        ({"ct_pairing": {"registration": {"transforms": ["Bent"]}}}, "ct_pairing.registration"),
+        ({"ct_pairing": {"enabled": True}, "artefact": {"mode": "reference"}}, "ct_pairing"),
+        ({"input": {"layout": "ixi"}, "artefact": {"mode": "given"}}, "artefact.mode"),
+        ({"input": {"layout": "demo"}, "mr": {"head_mask": {"method": "given"}}}, "mr.head_mask.method"),
     ],
 )
 def test_invalid_values_name_their_key(values, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(values)
+
+
+def test_ct_pairing_is_off_by_default_and_pairs_the_demo_ct_with_t2_and_t1():
+    default = load_config({})
+    assert not default["ct_pairing"]["enabled"] and default["ct_pairing"]["fixed"] == ["t2"]
+    assert ct_pairing_config(default).transforms == ("Rigid",)
+    demo = load_config("demo")
+    assert demo["ct_pairing"]["enabled"] and demo["ct_pairing"]["fixed"] == ["t2", "t1"]
+    assert demo["ct_pairing"]["register"]
+    # The CT's own parameters (its outside value, the demo's levels in mm), with mutual information
+    # even where the CT's reference registration uses another metric.
+    config = ct_pairing_config(load_config({"extends": "demo", "registration": {"ct": {"metric": "CC"}},
+                                            "ct_pairing": {"fixed": "T1"}}))
+    assert config.metric == "MI" and config.default_value == -1024.0 and config.level_unit == "mm"
+    assert config.transforms == ("Rigid", "Affine") and config.reference is None
+    assert load_config({"ct_pairing": {"fixed": "T1"}})["ct_pairing"]["fixed"] == ["t1"]
+    # Without a CT mask the pairing needs none.
+    assert load_config({"ct_pairing": {"enabled": True}, "artefact": {"enabled": False, "mode": "reference"}})
 
 
 def test_unknown_name_and_missing_file():

@@ -19,6 +19,7 @@ from preprocessing.slices import (
     restore_slice,
     save_slices,
     select_slices,
+    selection_record,
     slice_index_path,
     slice_loader,
 )
@@ -62,6 +63,37 @@ def test_selection_modes_give_the_expected_indices():
     assert select_slices(shape, 0, {"mode": "range", "start": 2, "stop": 5}) == [2, 3, 4]
     assert select_slices(shape, 0, {"mode": "range", "start": 7}) == [7, 8, 9]
     assert select_slices((4, 6, 4), 1, SliceSelection("middle", count=2)) == [2, 3]
+
+
+def test_middle_slices_by_first_and_last_keep_that_range_whole():
+    """The seed's pix2pix data: of each 150-slice T1 the middle slices 90 to 109 (20 slices)."""
+    assert select_slices((150, 8, 8), 0, {"mode": "middle", "first": 90, "last": 109}) == list(range(90, 110))
+    assert select_slices((4, 6, 10), 2, SliceSelection("middle", first=9, last=9)) == [9]
+    assert select_slices((10, 4, 4), 0, {"mode": "middle"}) == [4]  # count 1 when neither is given
+    with pytest.raises(PreprocessingError, match="middle slices 90 to 109 asked, the volume has 100 along axis 0"):
+        select_slices((100, 8, 8), 0, {"mode": "middle", "first": 90, "last": 109})
+    for rule, message in (({"first": 90}, "needs both first and last"),
+                          ({"first": 9, "last": 3}, "0 <= first <= last"),
+                          ({"first": 1, "last": 3, "count": 3}, "count, or first and last, not both"),
+                          ({"count": 0}, "count >= 1")):
+        with pytest.raises(ValueError, match=message):
+            SliceSelection.from_config({"mode": "middle", **rule})
+
+
+def test_the_slice_index_records_the_selection_and_the_range_it_chose(tmp_path):
+    rule = {"mode": "middle", "first": 10, "last": 14}
+    slices, geometries = extract_slices(smooth_volume(), "axial", rule, output_shape=(32, 32))
+    record = selection_record({**rule, "fraction": 0.6}, geometries)  # a field "middle" does not use is left out
+    assert record == {"rule": rule, "first": 10, "last": 14, "count": 5, "slices_along_axis": SHAPE[0]}
+    assert SliceSelection.from_config({"mode": "middle"}).to_config() == {"mode": "middle", "count": 1}
+    paths = save_slices(slices, geometries, tmp_path, "sub-01", selection=record)
+    assert json.loads(paths[-1].read_text())["selection"] == record
+    assert [g.index for _, g in read_slice_index(paths[-1])] == [10, 11, 12, 13, 14]
+    _, fraction = extract_slices(smooth_volume(), 0, {"mode": "head_fraction", "fraction": 0.5},
+                                 smooth_volume() > 0.05, output_shape=(32, 32))
+    chosen = selection_record(SliceSelection("head_fraction", fraction=0.5), fraction)
+    assert chosen["rule"] == {"mode": "head_fraction", "fraction": 0.5}  # the fields its mode uses
+    assert (chosen["first"], chosen["last"]) == (fraction[0].index, fraction[-1].index) and chosen["count"] == len(fraction)
 
 
 def test_head_fraction_keeps_the_central_part_of_the_head_extent():

@@ -2,8 +2,8 @@
 
 Read (phase 1, :mod:`.read`) → CT artefact mask on the CT as read (``per_subject`` mode) →
 registration onto each modality's reference → CT artefact mask on the registered grid and CT window →
-MR head mask and normalisation → T2 (and other MR) onto the subject's own T1 → slices → demo truth →
-QC montages. Each step declares the values it reads and writes (:mod:`.base`).
+MR head mask and normalisation → T2 (and other MR) onto the subject's own T1 → the CT onto the
+subject's own MR (``ct_pairing``) → slices → demo truth → QC montages. Each step declares the values it reads and writes (:mod:`.base`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from preprocessing.runner.steps.ct import MaskAndWindowCT
 from preprocessing.runner.steps.holder import RemoveHolderAsRead
 from preprocessing.runner.steps.normalise import NormaliseMR
 from preprocessing.runner.steps.pair import PairWithinSubject
+from preprocessing.runner.steps.pair_ct import PairCTWithOwnMR
 from preprocessing.runner.steps.qc import DrawQC
 from preprocessing.runner.steps.read import read_job
 from preprocessing.runner.steps.register import RegisterToReferences
@@ -39,6 +40,7 @@ PIPELINE: tuple[Step, ...] = (
     MaskAndWindowCT(),
     NormaliseMR(),
     PairWithinSubject(),
+    PairCTWithOwnMR(),
     ExtractSlices(),
     CarryTruth(),
     DrawQC(),
@@ -82,9 +84,15 @@ def _process_subject(job: dict, folder: Path, timer: Timer) -> tuple[dict, dict]
     cache = Path(job["output"]) / "cache" / job["subject"]
     raw_inputs = {m: [input_record(cache / f"{m}.nii", f"{job['subject']}/{m}", "input volume",
                                    sha256=job["inputs_sha256"][m])] for m in job["modalities"]}
+    given = {}
+    if job.get("mask"):  # delivered with the volumes (SynthRAD2023)
+        raw_inputs["mask"] = [input_record(cache / "mask.nii", f"{job['subject']}/mask", "input mask",
+                                           sha256=job["inputs_sha256"]["mask"])]
+        given["mask"] = read_image(cache / "mask.nii")
     context = SubjectContext(job, folder, timer, SubjectWriter(Path(job["output"]), folder), raw_inputs)
     values = run_steps(PIPELINE, context, {
         "raw": {m: read_image(cache / f"{m}.nii") for m in job["modalities"]},
+        "given": given,
         "entry": {"subject": job["subject"]},
         "registration": {},
     })

@@ -9,8 +9,9 @@ the pipeline list in :mod:`preprocessing.runner.steps`.
 Values passed between steps (each a mapping):
 
 * ``raw``: volumes as read from the cache, by modality;
-* ``native_masks``, ``holder_free``: in ``per_subject`` artefact mode, the CT's mask on the grid it
-  was read on and the CT without its holder;
+* ``given``: ``{"mask": image}``, the head mask delivered with the volumes (SynthRAD2023), if any;
+* ``native_masks``, ``holder_free``: in ``per_subject`` (and ``given``) artefact mode, the CT's mask
+  on the grid it was read on and the CT without its holder;
 * ``registered``, ``forward``: volumes on their output grid before masking and normalisation, and
   the transform files that took each raw volume there (empty: no registration);
 * ``volumes``, ``masks``: the final volumes (windowed CT, normalised MR, pairs) and their masks, by
@@ -31,10 +32,12 @@ from typing import Any, ClassVar
 
 import SimpleITK as sitk
 
+from preprocessing.errors import PreprocessingError
 from preprocessing.provenance import input_record, write_sidecar
 from preprocessing.runner.common import jsonable, relative, write_image
+from preprocessing.runner.imaging import check_one_grid
 
-__all__ = ["Step", "SubjectContext", "SubjectWriter", "Timer", "run_steps"]
+__all__ = ["Step", "SubjectContext", "SubjectWriter", "Timer", "delivered_mask", "run_steps"]
 
 
 class Timer:
@@ -121,6 +124,33 @@ class SubjectContext:
         for path in sorted(self.transforms.glob(f"{prefix}*")):
             if not path.name.endswith(".provenance.json"):
                 self.writer.track(path, step, inputs, parameters)
+
+
+def delivered_mask(context: SubjectContext, raw: Mapping[str, sitk.Image], given: Mapping[str, sitk.Image],
+                   modality: str, option: str) -> sitk.Image:
+    """The head mask delivered with the subject's volumes, checked to lie on ``modality``'s grid as read.
+
+    Args:
+        context: the subject.
+        raw: the volumes as read.
+        given: the ``given`` value (``{"mask": image}`` or empty).
+        modality: the volume the mask is used for.
+        option: the configuration key that asks for it, for the message.
+
+    Returns:
+        The mask as a uint8 image (1 = head).
+
+    Raises:
+        PreprocessingError: the subject has no delivered mask.
+        GeometryError: the volume is not on the mask's grid (naming the volume's file and the mask's).
+    """
+    if "mask" not in given:
+        raise PreprocessingError(context.job["volumes"][modality], f"{option} 'given' needs the mask delivered with "
+                                 "the volumes (the synthrad2023 layout's mask.nii.gz); this subject has none")
+    check_one_grid(raw[modality], given["mask"], context.job["volumes"][modality], context.job["mask"],
+                   "the delivered mask is the head mask of every volume of its subject")
+    # Read as float like every NIfTI volume; a keep mask is stored as 0/1 bytes, like a built one.
+    return sitk.Cast(given["mask"] > 0.5, sitk.sitkUInt8)
 
 
 def transform_names(forward: Mapping[str, list[str]], modality: str) -> list[str]:

@@ -14,6 +14,23 @@ from preprocessing.runner.imaging import apply_mask, carried_mask
 from preprocessing.runner.steps.base import Step, SubjectContext, transform_names
 
 
+def windowed_ct(hu: sitk.Image, ct: Mapping[str, Any]) -> tuple[sitk.Image, dict[str, Any]]:
+    """A CT in HU through the cohort's window (``ct.window`` mapped to ``ct.out_range``).
+
+    Args:
+        hu: the CT in Hounsfield units.
+        ct: the configuration's ``ct`` section.
+
+    Returns:
+        The windowed float32 volume on ``hu``'s grid, and the window's record for the provenance.
+    """
+    from preprocessing.windowing import get_window, hu_to_window
+
+    window, out_range = get_window(ct["window"]), ct["out_range"]
+    values = np.asarray(hu_to_window(sitk.GetArrayFromImage(hu), window, out_range), np.float32)
+    return like(values, hu), {"window": window.to_dict(), "out_range": out_range}
+
+
 class MaskAndWindowCT(Step):
     """Artefact mask (the reference's, or the CT's own carried through its transforms) and CT window.
 
@@ -28,8 +45,6 @@ class MaskAndWindowCT(Step):
         return "ct" in context.modalities
 
     def run(self, context: SubjectContext, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        from preprocessing.windowing import get_window, hu_to_window
-
         ct, artefact, writer, name = values["registered"]["ct"], context.config["artefact"], context.writer, context.name
         native_masks = values["native_masks"]
         with context.timer("mask.ct"):
@@ -44,8 +59,9 @@ class MaskAndWindowCT(Step):
                                                 f"references/{reference['mask']}", "reference artefact mask",
                                                 sha256=reference["mask_sha256"])]
                 else:
-                    # Built on the CT as read (RemoveHolderAsRead) and carried with the CT's own
-                    # transforms: the mask follows this head wherever the registration leaves it.
+                    # Built on the CT as read, or delivered with it (RemoveHolderAsRead), and carried
+                    # with the CT's own transforms: the mask follows this head wherever the
+                    # registration leaves it.
                     keep = carried_mask(native_masks["ct"], ct, values["forward"]["ct"])
                     mask_inputs = context.raw_inputs["ct"]
                 masked = apply_mask(ct, keep, float(artefact["outside_hu"]))
@@ -54,12 +70,8 @@ class MaskAndWindowCT(Step):
                                    context.raw_inputs["ct"] + [writer.record(mask_path, "keep mask")],
                                    {"artefact": artefact, "transforms": transform_names(values["forward"], "ct")})
         with context.timer("window.ct"):
-            window = get_window(context.config["ct"]["window"])
-            out_range = context.config["ct"]["out_range"]
-            windowed = like(np.asarray(hu_to_window(sitk.GetArrayFromImage(masked), window, out_range), np.float32),
-                            masked)
-            ct_path = writer.image(windowed, f"{name}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
-                                   {"window": window.to_dict(), "out_range": out_range})
+            windowed, window = windowed_ct(masked, context.config["ct"])
+            ct_path = writer.image(windowed, f"{name}_ct.nii.gz", "window", [writer.record(hu_path, "CT in HU")], window)
         if context.config["qc"]["enabled"]:
             from preprocessing.qc import artefact_montage
 

@@ -9,7 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.runner.common import like
-from preprocessing.runner.steps.base import Step, SubjectContext, transform_names
+from preprocessing.runner.imaging import carried_mask
+from preprocessing.runner.steps.base import Step, SubjectContext, delivered_mask, transform_names
 
 
 def normalise(image: sitk.Image, mask: np.ndarray, normalization: Mapping[str, Any]) -> sitk.Image:
@@ -26,9 +27,13 @@ def normalise(image: sitk.Image, mask: np.ndarray, normalization: Mapping[str, A
 
 
 class NormaliseMR(Step):
-    """Head mask (``<subject>_<modality>_mask``) and normalised volume (``<subject>_<modality>``) of each MR."""
+    """Head mask (``<subject>_<modality>_mask``) and normalised volume (``<subject>_<modality>``) of each MR.
 
-    reads = ("registered", "forward")
+    The head mask is computed on the registered volume (``mr.head_mask.method`` otsu or noise), or is
+    the mask delivered with the volumes (``given``), carried with the volume's own transforms.
+    """
+
+    reads = ("raw", "given", "registered", "forward")
     writes = ("volumes", "masks", "entry")
 
     def run(self, context: SubjectContext, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -40,10 +45,17 @@ class NormaliseMR(Step):
         for modality in (m for m in context.modalities if m != "ct"):
             with context.timer(f"normalise.{modality}"):
                 registered = values["registered"][modality]
-                head = head_mask_mr(sitk.GetArrayFromImage(registered), **head_options)
-                mask = like(head.astype(np.uint8), registered)
-                mask_path = writer.image(mask, f"{name}_{modality}_mask.nii.gz", "head_mask",
-                                         context.raw_inputs[modality], {"head_mask": head_options})
+                mask_inputs = context.raw_inputs[modality]
+                if head_options["method"] == "given":
+                    given = delivered_mask(context, values["raw"], values["given"], modality, "mr.head_mask.method")
+                    mask = carried_mask(given, registered, values["forward"][modality])
+                    head = sitk.GetArrayFromImage(mask) > 0
+                    mask_inputs = mask_inputs + context.raw_inputs["mask"]
+                else:
+                    head = head_mask_mr(sitk.GetArrayFromImage(registered), **head_options)
+                    mask = like(head.astype(np.uint8), registered)
+                mask_path = writer.image(mask, f"{name}_{modality}_mask.nii.gz", "head_mask", mask_inputs,
+                                         {"head_mask": head_options})
                 normalised = normalise(registered, head, normalization)
                 path = writer.image(normalised, f"{name}_{modality}.nii.gz", "normalise",
                                     context.raw_inputs[modality] + [writer.record(mask_path, "head mask")],

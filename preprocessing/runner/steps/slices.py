@@ -12,7 +12,11 @@ from preprocessing.runner.steps.base import Step, SubjectContext
 
 
 class ExtractSlices(Step):
-    """Slices under ``slices/<key>/`` with their geometry index (a pair shares its T1's mask, hence slices)."""
+    """Slices under ``slices/<key>/`` with their geometry index (which records the chosen range too).
+
+    A pair (``t2_in_t1``, ``ct_in_t2``) shares its fixed volume's grid and mask, hence its slices:
+    slice i of ``ct_in_t2`` is cut where slice i of ``t2`` is.
+    """
 
     reads = ("volumes", "masks", "entry")
     writes = ("entry", "strips")
@@ -21,16 +25,18 @@ class ExtractSlices(Step):
         return context.config["slices"]["enabled"]
 
     def run(self, context: SubjectContext, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        from preprocessing.slices import extract_slices, resolve_axis, save_slices
+        from preprocessing.slices import extract_slices, resolve_axis, save_slices, selection_record
 
         spec, normalization = context.config["slices"], context.config["mr"]["normalization"]
         writer, name = context.writer, context.name
         made: dict[str, dict[str, Any]] = {key: {} for key in self.writes}
         for key, volume in values["volumes"].items():
             with context.timer(f"slice.{key}"):
-                out_range = context.config["ct"]["out_range"] if key == "ct" else normalization["out_range"]
+                # "ct", and "ct_in_t2" (the CT on the T2's grid): windowed CT; the other keys are MR.
+                is_ct = key.partition("_in_")[0] == "ct"
+                out_range = context.config["ct"]["out_range"] if is_ct else normalization["out_range"]
                 # z-scores have no fixed range: they are sliced as they are.
-                intensity = None if key != "ct" and normalization["method"] == "zscore" else out_range
+                intensity = None if not is_ct and normalization["method"] == "zscore" else out_range
                 axis = resolve_axis(spec["axis"], volume.GetDirection())
                 in_plane = tuple(n for a, n in enumerate(sitk.GetArrayViewFromImage(volume).shape) if a != axis)
                 slices, geometries = extract_slices(
@@ -38,7 +44,7 @@ class ExtractSlices(Step):
                     spec["neighbours"], slice_size(context.config, in_plane), intensity_range=intensity,
                     out_range=out_range if intensity is not None else (-1.0, 1.0), interpolation=spec["interpolation"])
                 paths = save_slices(slices, geometries, context.folder / "slices" / key, f"{name}_{key}",
-                                    spec["compress"])
+                                    spec["compress"], selection_record(spec["selection"], geometries))
                 source = writer.record(context.output / values["entry"][key], "volume")
                 for path in paths:
                     writer.track(path, "slice", [source],

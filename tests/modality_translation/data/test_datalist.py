@@ -11,7 +11,7 @@ from modality_translation.data import (
     modality_named_in,
     pair_slices,
 )
-from modality_translation.data.datalist import modality_of_key
+from modality_translation.data.datalist import modality_of_key, registered_image_modalities
 from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
 
@@ -96,6 +96,15 @@ def test_keys_of_registered_volumes_and_truths_name_their_image_modality():
     check_modality_name("sub-001_t2_in_t1.nii.gz", "t2_in_t1")
     with pytest.raises(ModalityMismatchError, match="sub-001_t1.nii.gz: is named as a T1 image but is used as T2$"):
         check_modality_name("sub-001_t1.nii.gz", "truth_t2_in_t1")
+    # A volume resampled into another modality's space is an image of its own modality, not of the space's.
+    assert registered_image_modalities("sub-001_ct_in_t2_hu.nii.gz") == {"ct"}
+    assert registered_image_modalities("slices/t2_in_t1/sub-001_axial_0001.nii.gz") == {"t2"}
+    assert registered_image_modalities("sub-001_t2.nii.gz") == registered_image_modalities("sub_min_t2") == set()
+    check_modality_name("sub-001_ct_in_t2_hu.nii.gz", "truth_ct_in_t2")
+    with pytest.raises(ModalityMismatchError, match="sub-001_ct_in_t2_hu.nii.gz: is named as a CT image but is used as T2$"):
+        check_modality_name("sub-001_ct_in_t2_hu.nii.gz", "t2")
+    with pytest.raises(ModalityMismatchError, match="is named as a T2 image but is used as T1$"):
+        check_modality_name("sub-001_truth_t2_in_t1.nii.gz", "t1")
 
 
 def test_registered_volume_key_is_checked_as_its_image_modality(tmp_path):
@@ -129,6 +138,30 @@ def test_truth_key_is_checked_as_its_image_modality(tmp_path):
         load_translation_datalist(path, "validation", modalities=("truth_ct_in_t2",), require_slices=False,
                                   check_files=False)
     assert error.value.path == str(tmp_path / "sub-003/t2.nii.gz")
+
+
+def test_ct_paired_onto_its_own_mr_is_checked_as_ct(tmp_path):
+    # The preprocessing's ct_pairing layout: the CT on its subject's T2 grid under "ct_in_t2", in HU
+    # under "ct_in_t2_hu", paired slice by slice with "t2_slices".
+    assert [modality_of_key(k) for k in ("ct_in_t2", "ct_in_t1_hu", "ct_hu", "truth_ct_in_t2")] == ["ct"] * 4
+    path = write_cohort(tmp_path, modalities=("t2", "ct_in_t2"), declared=["ct", "t1", "t2"])
+    edit_datalist(path, lambda c: [item.update(ct_in_t2_hu=f"{item['subject']}/ct_in_t2_hu.nii.gz")
+                                   for split in ("training", "validation", "test") for item in c[split]])
+    items = load_translation_datalist(path, "training", modalities=("t2", "ct_in_t2"))
+    assert items[0]["ct_in_t2_slices"][1] == str(tmp_path / "sub-001/slices/ct_in_t2/sub-001_axial_0001.nii.gz")
+    assert items[0]["ct_in_t2_hu"] == str(tmp_path / "sub-001/ct_in_t2_hu.nii.gz")  # a path, resolved
+    assert len(pair_slices(items, "t2_slices", "ct_in_t2_slices")) == 6
+
+    def t2_as_ct_in_t2(content):
+        content["training"][0]["ct_in_t2_slices"][1] = content["training"][0]["t2_slices"][1]
+
+    edit_datalist(path, t2_as_ct_in_t2)
+    with pytest.raises(ModalityMismatchError, match="is named as a T2 image but is used as CT") as error:
+        load_translation_datalist(path, "training", modalities=("t2", "ct_in_t2"))
+    assert error.value.path == str(tmp_path / "sub-001/slices/t2/sub-001_axial_0001.nii.gz")
+    no_ct = write_cohort(tmp_path / "mr_only", modalities=("t2", "ct_in_t2"), declared=["t1", "t2"])
+    with pytest.raises(DatalistError, match=r"modalities \['ct \(ct_in_t2\)'\] are not among"):
+        load_translation_datalist(no_ct, "training", modalities=("t2", "ct_in_t2"))
 
 
 def test_registered_volume_of_an_undeclared_modality(tmp_path):

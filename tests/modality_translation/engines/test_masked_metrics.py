@@ -2,13 +2,15 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import from_engine
 from monai.metrics import SSIMMetric
 
-from modality_translation.engines.masked_metrics import MaskedPSNR, MaskedSSIM
+from modality_translation.engines.masked_metrics import MaskedMAE, MaskedPSNR, MaskedSSIM
+from modality_translation.metrics import synthrad_metrics
 
 
 def images(seed=0, batch=2, size=32):
@@ -79,3 +81,31 @@ def test_bad_inputs_are_refused():
         MaskedSSIM().update((pred, pred, torch.ones((2, 1, 16, 16))))
     with pytest.raises(ValueError, match="win_size must be an odd"):
         MaskedSSIM(win_size=10)
+    with pytest.raises(ValueError, match="kernel_type must be"):
+        MaskedSSIM(kernel_type="box")
+
+
+def test_mae_inside_the_mask_per_image_averaged_over_images():
+    label, mask = images(9, batch=2) * 1000, centre_mask(batch=2)
+    pred = label.clone()
+    pred[0] += 100.0 * mask[0]
+    pred[1] -= 40.0 * mask[1]
+    pred += 5000.0 * (1 - mask)  # outside the mask: not counted
+    assert measure(MaskedMAE(), (pred, label, mask)) == pytest.approx(70.0, rel=1e-6)
+    assert math.isnan(measure(MaskedMAE(), (pred, label, torch.zeros_like(mask))))
+
+
+def test_uniform_sample_covariance_ssim_is_synthrads_ssim_of_a_slice():
+    """The validation's slice SSIM in HU: clipped to [-1024, 3000], -1024 outside the mask, shifted by 1024."""
+    generator = np.random.default_rng(10)
+    mask = centre_mask(batch=1, size=40, half=14)[0, 0].numpy() > 0
+    target = np.where(mask, 40 + generator.normal(0, 300, mask.shape), -1000.0)
+    pred = target + generator.normal(0, 150, mask.shape)
+    pred[5, 5] = 3500.0  # clipped to 3000, outside the mask anyway
+
+    def prepared(hu):
+        return torch.from_numpy(np.where(mask, np.clip(hu, -1024, 3000), -1024) + 1024).float()[None, None]
+
+    metric = MaskedSSIM(data_range=4024, win_size=7, kernel_type="uniform", sample_covariance=True)
+    value = measure(metric, (prepared(pred), prepared(target), torch.from_numpy(mask).float()[None, None]))
+    assert value == pytest.approx(synthrad_metrics(pred, target, mask)["ssim"], abs=1e-4)

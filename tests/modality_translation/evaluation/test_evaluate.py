@@ -12,7 +12,8 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from modality_translation.evaluation import FID_SKIPPED_NOTE, evaluate_translation, mr_metrics
-from modality_translation.inference import IntensityMapping
+from modality_translation.data.datalist import ModalityMismatchError
+from modality_translation.inference import IntensityMapping, IntensityMismatchError
 from preprocessing.errors import GeometryError, InputReadError, PreprocessingError
 
 AFFINE = np.array([[0.0, -1.2, 0.0, 10.0], [0.0, 0.0, 1.4, -5.0], [2.0, 0.0, 0.0, 3.0], [0, 0, 0, 1]])
@@ -172,4 +173,74 @@ def test_errors_before_any_work(tmp_path):
         evaluate_translation([], output_dir, "target", "ct")
     with pytest.raises(FileNotFoundError, match="FID TorchScript model not found"):
         evaluate_translation(datalist, output_dir, "target", "ct", fid_model_path=tmp_path / "inception.pt")
+    assert not output_dir.exists()
+
+
+def _labelled_predictions(tmp_path, offset_of_label):
+    """CT predictions with a label map: 0 air (the outside, and a cavity inside the head), 1 soft tissue, 3 bone."""
+    items = []
+    for s in range(2):
+        _, ct, head = _phantom(s)
+        labels = np.where(head, 3, 0).astype(np.uint8)
+        labels[(ct < 500) & head] = 1
+        labels[12:15, 12:15, 12:15] = 0  # an air cavity inside the head
+        ct[12:15, 12:15, 12:15] = -1000.0
+        pred = ct + np.vectorize(offset_of_label.get)(labels)
+        pred[~head] = 0.0  # outside the mask: never counted
+        folder = tmp_path / f"sub-{s}"
+        items.append({"subject": f"sub-{s}", "truth_ct_in_t2": _save(folder / "truth_ct_in_t2.nii.gz", ct),
+                      "t2_mask": _save(folder / "mask.nii.gz", head), "labels": _save(folder / "labels.nii.gz", labels),
+                      "pred": _save(folder / "pred.nii.gz", pred)})
+    return items
+
+
+def test_ct_mae_per_tissue_class_from_a_label_map(tmp_path):
+    items = _labelled_predictions(tmp_path, {0: 100.0, 1: 100.0, 3: 100.0})
+    summary = evaluate_translation(items, tmp_path / "eval", "truth_ct_in_t2", "ct", mask_key="t2_mask",
+                                   labels_key="labels")
+    rows = _read_csv(tmp_path / "eval" / "metrics.csv")
+    assert list(rows[0]) == ["subject", "mae_hu", "psnr_db", "ssim", "ssim_masked", "mae_hu_air", "mae_hu_soft_tissue",
+                             "mae_hu_bone"]
+    for name in ("mae_hu", "mae_hu_air", "mae_hu_soft_tissue", "mae_hu_bone"):
+        assert summary[name]["mean"] == pytest.approx(100.0, abs=1e-4) and summary[name]["n"] == 2
+    assert summary["psnr_db"]["mean"] == pytest.approx(20 * math.log10(4024 / 100), abs=1e-3)
+    evaluation = summary["evaluation"]
+    assert evaluation["tissue_classes"] == {"air": [0], "soft_tissue": [1, 2, 4, 5, 6, 7], "bone": [3, 8]}
+    assert evaluation["labels_key"] == "labels" and evaluation["ssim_outside_mask_hu"] == -1024.0
+
+    # Each class its own error; a class map from the config; a class no subject has is left empty.
+    items = _labelled_predictions(tmp_path / "b", {0: 50.0, 1: -20.0, 3: 300.0})
+    summary = evaluate_translation(items, tmp_path / "b" / "eval", "truth_ct_in_t2", "ct", mask_key="t2_mask",
+                                   labels_key="labels", tissue_classes={"air": [0], "bone": [3], "metal": [12]})
+    assert summary["mae_hu_air"]["mean"] == pytest.approx(50.0, abs=1e-4)
+    assert summary["mae_hu_bone"]["mean"] == pytest.approx(300.0, abs=1e-3)
+    assert summary["mae_hu_metal"] == {"mean": None, "std": None, "median": None, "n": 0, "n_non_finite": 0}
+    assert _read_csv(tmp_path / "b" / "eval" / "metrics.csv")[0]["mae_hu_metal"] == ""
+
+
+def test_ct_evaluation_refuses_mr_targets_network_scale_values_and_bad_label_maps(tmp_path):
+    items = _labelled_predictions(tmp_path, {0: 10.0, 1: 10.0, 3: 10.0})
+    output_dir = tmp_path / "eval"
+    with pytest.raises(ModalityMismatchError, match="target_key 'truth_t2_in_t2' holds a T2 image, but the evaluation's "
+                                                     "target modality is CT"):
+        evaluate_translation([{**items[0], "truth_t2_in_t2": items[0]["truth_ct_in_t2"]}], output_dir,
+                             "truth_t2_in_t2", "ct")
+    mr_file = _save(tmp_path / "sub-0" / "sub-0_t2.nii.gz", _phantom(0)[0])
+    with pytest.raises(ModalityMismatchError, match=r"sub-0_t2.nii.gz: is named as a T2 image but is used as CT"):
+        evaluate_translation([{**items[0], "target": mr_file}], output_dir, "target", "ct")
+    windowed = _save(tmp_path / "sub-0" / "windowed.nii.gz", np.clip(_phantom(0)[1] / 1500.0, -1, 1))
+    with pytest.raises(IntensityMismatchError, match=r"windowed.nii.gz: the target should be CT in Hounsfield units, "
+                                                      r"but its values span \[-0.66.*\], within the network range"):
+        evaluate_translation([{**items[0], "target": windowed}], output_dir, "target", "ct")
+    with pytest.raises(IntensityMismatchError, match=r"windowed.nii.gz: the prediction should be CT in Hounsfield units"):
+        evaluate_translation([{**items[0], "pred": windowed}], output_dir, "truth_ct_in_t2", "ct")
+    with pytest.raises(ValueError, match="labels_key 'labels': the MAE per tissue class is a CT metric in HU; the "
+                                         "target modality is T2"):
+        evaluate_translation(items, output_dir, "truth_ct_in_t2", "t2", labels_key="labels")
+    with pytest.raises(ValueError, match="label 8 is in two tissue classes"):
+        evaluate_translation(items, output_dir, "truth_ct_in_t2", "ct", labels_key="labels",
+                             tissue_classes={"bone": [3, 8], "marrow": [8]})
+    off_grid = _save(tmp_path / "sub-0" / "labels_small.nii.gz", np.zeros((32, 32, 30), np.uint8))
+    with pytest.raises(GeometryError, match=r"labels_small.nii.gz: tissue labels shape \(32, 32, 30\) differs"):
+        evaluate_translation([{**items[0], "labels": off_grid}], output_dir, "truth_ct_in_t2", "ct", labels_key="labels")
     assert not output_dir.exists()

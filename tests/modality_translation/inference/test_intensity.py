@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from modality_translation.inference import IntensityMapping
+from modality_translation.inference import IntensityMapping, IntensityMismatchError
 from preprocessing.errors import InputReadError, PreprocessingError
 from preprocessing.normalization import head_mask_mr, percentile_normalize, zscore_normalize
 
@@ -105,3 +105,39 @@ def test_invalid_settings_are_refused():
         IntensityMapping("ct", window="lungs")
     with pytest.raises(PreprocessingError, match="percentiles 0.5 and 99.5 are equal"):
         IntensityMapping("t1").to_network(np.ones((8, 8, 8), dtype=np.float32), np.ones((8, 8, 8), bool))
+
+
+def _ct_head_hu(seed=0):
+    volume, head = _mr_head(seed)
+    return np.where(head, 40.0 + volume / 100.0, -1000.0).astype(np.float32), head
+
+
+def test_intensity_checks_refuse_what_cannot_be_the_modality_on_its_scale():
+    mr, head = _mr_head()
+    ct_hu, _ = _ct_head_hu()
+    normalised = IntensityMapping("t2").to_network(mr, head)
+    windowed = IntensityMapping("ct", window={"center": 500, "width": 3000}, out_range=(-1, 1)).to_network(ct_hu)
+    # What each mapping accepts.
+    IntensityMapping("t2", on_network_scale=True).check_intensities(normalised, "t2.nii.gz")
+    IntensityMapping("t2").check_intensities(mr, "t2.nii.gz")
+    IntensityMapping("t2", normalization={"method": "zscore"}).check_intensities(
+        IntensityMapping("t2", normalization={"method": "zscore"}).to_network(mr, head))
+    IntensityMapping("ct", on_network_scale=True).check_intensities(windowed, "ct.nii.gz")
+    IntensityMapping("ct").check_intensities(ct_hu, "ct_hu.nii.gz")
+    # A CT in HU where a normalised MR is expected, and where a raw MR is expected.
+    with pytest.raises(IntensityMismatchError, match=r"^ct_hu.nii.gz: the volume to translate should be T2 \(MR\) on the "
+                       r"network scale \[-1, 1\], but its values span \[-1000, .*\]; \d+% of its voxels are at or below "
+                       r"-500: a CT in Hounsfield units, not an MR"):
+        IntensityMapping("t2", on_network_scale=True).check_intensities(ct_hu, "ct_hu.nii.gz", "volume to translate")
+    with pytest.raises(IntensityMismatchError, match=r"^ct_hu.nii.gz: the volume should be T1 \(MR\) intensities, but "
+                       r"\d+% of its voxels are at or below -500 .*: the air of a CT in Hounsfield units"):
+        IntensityMapping("t1").check_intensities(ct_hu, "ct_hu.nii.gz")
+    # Raw MR intensities declared as already normalised: beyond the range, no CT hint.
+    with pytest.raises(IntensityMismatchError, match=r"should be T2 \(MR\) on the network scale \[-1, 1\], but its "
+                       r"values span \[\d.*\]$"):
+        IntensityMapping("t2", on_network_scale=True).check_intensities(mr, "t2_raw.nii.gz")
+    # Windowed values where HU are expected (a synthetic CT left on the network scale).
+    with pytest.raises(IntensityMismatchError, match=r"pred.nii.gz: the prediction should be CT in Hounsfield units, "
+                       r"but its values span \[-1, .*\], within the network range \[-1, 1\]"):
+        IntensityMapping("ct").check_intensities(windowed, "pred.nii.gz", "prediction")
+    assert issubclass(IntensityMismatchError, PreprocessingError)

@@ -16,6 +16,7 @@ from scipy import ndimage
 from torch import nn
 
 from modality_translation.inference import (
+    IntensityMismatchError,
     VolumeSliceInferer,
     VolumeTranslator,
     load_network_weights,
@@ -344,3 +345,18 @@ def test_keep_dropout_keeps_only_the_dropout_layers_active():
     assert noisy.network[2].training and not noisy.network[1].training
     runs = [translate_slices(noisy.network, volume, (1, 1, 1), slice_size=32) for _ in range(2)]
     assert not np.array_equal(*runs)
+
+
+def test_a_ct_in_hounsfield_units_given_to_an_mr_model_is_refused_before_any_work(tmp_path):
+    datalist = _cohort(tmp_path)
+    volume, head = _head(11)
+    ct_hu = np.where(head, 40.0 + volume / 50.0, -1000.0).astype(np.float32)
+    ct_path = _save(tmp_path / "cohort" / "sub-01" / "t1.nii.gz", ct_hu, PERMUTED_ANISOTROPIC)
+    output_dir = tmp_path / "out"
+    for translator in (_identity_translator("t1", "t2"), _identity_translator("t1", "ct")):
+        with pytest.raises(IntensityMismatchError, match=rf"^{ct_path}: the volume to translate should be T1 \(MR\) .*"
+                           r"a CT in Hounsfield units"):
+            translate_datalist(translator, datalist, output_dir, "t1", mask_key="t1_mask")
+        assert not output_dir.exists()  # sub-00, a real T1, was not translated either
+        with pytest.raises(IntensityMismatchError, match="a CT in Hounsfield units"):
+            translator.translate_file(ct_path, output_dir / "ct.nii.gz")

@@ -8,7 +8,7 @@ from preprocessing.runner.steps import PIPELINE
 from preprocessing.runner.steps.base import Step, SubjectContext, SubjectWriter, Timer, run_steps
 
 #: Values the task gives the first step (see steps/__init__.py).
-INITIAL = {"raw", "entry", "registration"}
+INITIAL = {"raw", "given", "entry", "registration"}
 
 
 class _Writes(Step):

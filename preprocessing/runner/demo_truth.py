@@ -9,10 +9,40 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["TRUTH_MODALITIES", "grid_image", "raw_grid", "truth_volumes"]
+__all__ = ["TRUTH_MODALITIES", "grid_image", "pair_landmark_errors", "raw_grid", "truth_volumes"]
 
 #: Modalities whose truth the demo cohort holds (``truth/<subject>/<modality>.nii.gz``).
 TRUTH_MODALITIES = ("ct", "t1", "t2")
+
+
+def pair_landmark_errors(output: Path, entry: dict, truth: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """How far a within-subject pair's registration leaves the demo truth's landmarks from each other.
+
+    The landmarks (``landmarks.json``: one position per raw scanner space) of the pair's fixed
+    volume are mapped through the pair's transforms (fixed points to moving points) and compared
+    with the moving volume's.
+
+    Args:
+        output: the preprocessing output folder.
+        entry: the subject's dataset.json item.
+        truth: the subject's demo truth folder.
+        key: a pair key with transforms, ``<moving>_in_<fixed>`` (``t2_in_t1``, ``ct_in_t2``).
+
+    Returns:
+        The distances (mm) after registration, and before (the raw positions compared as they are).
+    """
+    import ants
+    import pandas as pd
+
+    moving, _, fixed = key.partition("_in_")
+    landmarks = json.loads((truth / "landmarks.json").read_text())
+    names = sorted(landmarks[fixed])
+    in_fixed, in_moving = (np.array([landmarks[m][n] for n in names]) for m in (fixed, moving))
+    manifest = output / entry[f"{key}_transforms"]
+    transforms = [str(manifest.parent / name) for name in json.loads(manifest.read_text())["forward_transforms"]]
+    mapped = ants.apply_transforms_to_points(3, pd.DataFrame(in_fixed, columns=list("xyz")), transforms)
+    return (np.linalg.norm(mapped[list("xyz")].to_numpy() - in_moving, axis=1),
+            np.linalg.norm(in_fixed - in_moving, axis=1))
 
 
 def truth_volumes(truth: Path) -> dict[str, Any]:

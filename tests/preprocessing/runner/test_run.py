@@ -32,6 +32,7 @@ from preprocessing.demo.head_holder import CONTACT_PAD, COUCH, HOLDER_PLATE
 from preprocessing.provenance import TRACKED_PACKAGES, file_sha256, read_sidecar
 from preprocessing.pseudonym import pseudonymise
 from preprocessing.runner import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, discover_subjects, run_cohort, split_subjects
+from preprocessing.runner.demo_truth import pair_landmark_errors
 from preprocessing.runner.imaging import coarsened
 from tests.preprocessing.runner.cohort_run import FAST, N_SUBJECTS, REPOSITORY, run_cli, tree_bytes
 
@@ -148,25 +149,15 @@ def test_common_space_puts_every_modality_of_a_subject_on_one_grid_and_anatomy(r
             assert np.abs(centres[modality] - centres["ct"]).max() < 1.0, (entry["subject"], centres)
 
 
-def test_t2_registered_to_own_t1_lands_within_two_voxels(run, cohort):
-    import ants
-    import pandas as pd
-
+@pytest.mark.parametrize("key", ["t2_in_t1", "ct_in_t2", "ct_in_t1"])
+def test_within_subject_pairs_land_within_two_voxels(run, cohort, key):
+    """T2 onto its own T1 (``pairing``) and the CT onto its own T2 and T1 (``ct_pairing``), measured with the truth's landmarks."""
     config = load_config("demo")
+    fixed = key.partition("_in_")[2]
     for entry in _entries(run):
         source = _source_of(entry, config)
-        landmarks = json.loads((cohort / "truth" / source / "landmarks.json").read_text())
-        names = sorted(landmarks["t1"])
-        in_t1 = np.array([landmarks["t1"][n] for n in names])
-        in_t2 = np.array([landmarks["t2"][n] for n in names])
-        manifest = json.loads((run / entry["t2_in_t1_transforms"]).read_text())
-        folder = (run / entry["t2_in_t1_transforms"]).parent
-        # The forward (image) transforms of a registration map fixed (T1) points to moving (T2) points.
-        mapped = ants.apply_transforms_to_points(3, pd.DataFrame(in_t1, columns=list("xyz")),
-                                                 [str(folder / f) for f in manifest["forward_transforms"]])
-        error = np.linalg.norm(mapped[list("xyz")].to_numpy() - in_t2, axis=1)
-        unregistered = np.linalg.norm(in_t1 - in_t2, axis=1)
-        voxel = min(nib.load(str(cohort / "raw" / "mri" / f"{source}-T2.nii.gz")).header.get_zooms())
+        error, unregistered = pair_landmark_errors(run, entry, cohort / "truth" / source, key)
+        voxel = min(nib.load(str(cohort / "raw" / "mri" / f"{source}-{fixed.upper()}.nii.gz")).header.get_zooms())
         assert error.mean() < 2 * voxel and error.mean() < 0.5 * unregistered.mean(), (error, unregistered)
 
 
@@ -205,27 +196,6 @@ def test_ct_paired_onto_its_own_mr_lines_up_with_the_mr_slice_by_slice(run):
             truth = _array(run / entry[f"truth_ct_in_{mr}"])
             head = _array(run / entry[f"{mr}_mask"]) > 0
             assert np.corrcoef(hu[head], truth[head])[0, 1] > 0.6 and np.abs(hu - truth)[head].mean() < 160
-
-
-def test_ct_registered_to_own_mr_lands_within_two_voxels(run, cohort):
-    import ants
-    import pandas as pd
-
-    config = load_config("demo")
-    for entry in _entries(run):
-        source = _source_of(entry, config)
-        landmarks = json.loads((cohort / "truth" / source / "landmarks.json").read_text())
-        for mr in ("t2", "t1"):
-            names = sorted(landmarks[mr])
-            in_mr, in_ct = (np.array([landmarks[m][n] for n in names]) for m in (mr, "ct"))
-            manifest = json.loads((run / entry[f"ct_in_{mr}_transforms"]).read_text())
-            folder = (run / entry[f"ct_in_{mr}_transforms"]).parent
-            mapped = ants.apply_transforms_to_points(3, pd.DataFrame(in_mr, columns=list("xyz")),
-                                                     [str(folder / f) for f in manifest["forward_transforms"]])
-            error = np.linalg.norm(mapped[list("xyz")].to_numpy() - in_ct, axis=1)
-            unregistered = np.linalg.norm(in_mr - in_ct, axis=1)
-            voxel = min(nib.load(str(cohort / "raw" / "mri" / f"{source}-{mr.upper()}.nii.gz")).header.get_zooms())
-            assert error.mean() < 2 * voxel and error.mean() < 0.5 * unregistered.mean(), (mr, error, unregistered)
 
 
 def test_paired_truth_matches_the_registered_volumes(run):

@@ -219,15 +219,22 @@ def assert_pix2pix_generator_exports(configs: Path, models: Path, exported: Path
     assert network(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
 
 
+def tiny_training_workflow(configs: Path, dataset: Path, folder: Path, **overrides) -> ConfigWorkflow:
+    """A bundle's tiny training workflow on ``dataset``, writing under ``folder``, initialised, with the
+    model zoo's training properties checked."""
+    workflow = ConfigWorkflow(config_file=str(configs / "train.json"), logging_file=False, workflow_type="train",
+                              dataset_dir=str(dataset), ckpt_dir=str(folder / "models"),
+                              output_dir=str(folder / "eval"), **{**TINY_TRAINING, **overrides})
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    return workflow
+
+
 def pix2pix_training_workflow(configs: Path, dataset: Path, folder: Path) -> ConfigWorkflow:
     """A pix2pix bundle's tiny training workflow, initialised, with the model zoo's training properties checked,
     the paper's recipe asserted (200 epochs, BCE + 100 L1, Adam 2e-4 (0.5, 0.999), dropout 0.5 on three
     decoder steps, a conditional discriminator on the two-channel pair); run from inside ``folder``."""
-    workflow = ConfigWorkflow(config_file=str(configs / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(dataset), ckpt_dir=str(folder / "models"),
-                              output_dir=str(folder / "eval"), **TINY_TRAINING)
-    workflow.initialize()
-    assert workflow.check_properties() == []
+    workflow = tiny_training_workflow(configs, dataset, folder)
     trainer = workflow.trainer
     assert workflow.max_epochs == 200 and trainer.lambda_reconstruction == 100.0
     assert isinstance(trainer.reconstruction_loss, torch.nn.L1Loss) and trainer.adversarial_loss.mode == "bce"

@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     root_cause,
     run_bundle,
     split_items,
+    tiny_training_workflow,
     train,
     train_with_two_processes,
     verify_metadata_and_network_shapes,
@@ -129,11 +130,7 @@ def test_metadata_network_shapes_and_export(trained, tmp_path):
 
 def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg19_weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), vgg19_weights=str(vgg19_weights),
-                              ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
-    workflow.initialize()
-    assert workflow.check_properties() == []
+    workflow = tiny_training_workflow(CONFIGS, demo_dataset, tmp_path, vgg19_weights=str(vgg19_weights))
     trainer = workflow.trainer
     assert trainer.generator_steps_per_discriminator_step == 4 and trainer.lambda_identity == 0.0
     assert trainer.g_optimizer.param_groups[0]["lr"] == 1e-4 and trainer.d_optimizer.param_groups[0]["lr"] == 1e-3

@@ -13,7 +13,6 @@ from tests.bundles.helpers import (
     BUNDLES,
     IMAGE_SIZE,
     REPO_ROOT,
-    TINY_TRAINING,
     absolute_datalist_copy,
     assert_killed_training_resumes_exactly,
     assert_predictions_on_source_grids,
@@ -25,6 +24,7 @@ from tests.bundles.helpers import (
     root_cause,
     run_bundle,
     split_items,
+    tiny_training_workflow,
     train,
     train_with_two_processes,
     verify_metadata_and_network_shapes,
@@ -129,11 +129,7 @@ def test_bundle_root_and_default_paths_from_repository_and_bundle_folder(monkeyp
 
 def test_model_zoo_training_properties_are_all_present(demo_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
-                              output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
-    workflow.initialize()
-    assert workflow.check_properties() == []
+    workflow = tiny_training_workflow(CONFIGS, demo_dataset, tmp_path)
     assert workflow.max_epochs == 200 and workflow.trainer.generator_steps_per_discriminator_step == 1
     assert workflow.trainer.lambda_cycle == 10.0 and workflow.trainer.lambda_identity == 5.0
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from modality_translation.ablation import AblationError, main as ablation_main, read_rows, run_ablation
 from modality_translation.engines import checkpoint_path
@@ -27,6 +27,7 @@ from tests.bundles.helpers import (
     read_metrics,
     run_bundle,
     split_items,
+    tiny_training_workflow,
     train,
     train_with_two_processes,
     verify_metadata_and_network_shapes,
@@ -130,11 +131,7 @@ def test_metadata_network_shapes_and_export_of_each_direction(trained, tmp_path)
 
 def test_model_zoo_training_properties_and_the_paper_recipe(demo_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
-                              output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
-    workflow.initialize()
-    assert workflow.check_properties() == []
+    workflow = tiny_training_workflow(CONFIGS, demo_dataset, tmp_path)
     trainer = workflow.trainer
     assert workflow.max_epochs == 100
     assert trainer.weights == {"lambda_adversarial": 1.0, "lambda_reconstruction": 10.0, "lambda_kl": 0.01,

@@ -57,7 +57,8 @@ import torch
 
 from modality_translation.data.datalist import MODALITY_ALIASES, ModalityMismatchError, check_modality_name, modality_of_key
 from modality_translation.inference.intensity import IntensityMapping
-from modality_translation.inference.volume import check_files_on_grid, load_datalist_items, read_volume
+from modality_translation.inference.datalist_translation import load_datalist_items
+from modality_translation.inference.io import check_files_on_grid, read_volume
 from modality_translation.metrics import (
     DEMO_TISSUE_CLASSES,
     SYNTHRAD_HU_RANGE,

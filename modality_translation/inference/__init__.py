@@ -6,23 +6,16 @@ Every class and function takes plain JSON values (and ``@network`` references), 
 
 from modality_translation.inference.dicom_output import default_series_description, write_dicom_series
 from modality_translation.inference.intensity import MR_NORMALIZATION_METHODS, IntensityMapping, IntensityMismatchError
-from modality_translation.inference.volume import (
-    CanonicalVolume,
+from modality_translation.inference.datalist_translation import (
     TranslateVolumed,
-    VolumeSliceInferer,
-    VolumeTranslator,
-    check_same_grid,
     load_datalist_items,
-    load_network_weights,
-    read_nifti_header,
-    read_volume,
-    resolve_device,
     resolve_item_path,
     subject_name,
     translate_datalist,
-    translate_slices,
-    write_volume_like,
 )
+from modality_translation.inference.io import CanonicalVolume, check_files_on_grid, check_same_grid, read_nifti_header, read_volume, write_volume_like
+from modality_translation.inference.translate import VolumeSliceInferer, VolumeTranslator, translate_slices
+from modality_translation.inference.weights import load_network_weights, resolve_device
 
 __all__ = [
     "MR_NORMALIZATION_METHODS",
@@ -32,6 +25,7 @@ __all__ = [
     "TranslateVolumed",
     "VolumeSliceInferer",
     "VolumeTranslator",
+    "check_files_on_grid",
     "check_same_grid",
     "default_series_description",
     "load_datalist_items",

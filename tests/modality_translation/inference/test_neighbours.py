@@ -8,7 +8,7 @@ from torch import nn
 
 from modality_translation.data import translation_train_transforms
 from modality_translation.inference import VolumeTranslator
-from modality_translation.inference.volume import translate_slices
+from modality_translation.inference.translate import translate_slices
 from preprocessing.slices import extract_slices, save_slices
 
 NEIGHBOURS = 2

@@ -1,4 +1,4 @@
-"""Volume inference with a 2D generator (modality_translation/inference/volume.py)."""
+"""Volume inference with a 2D generator (modality_translation/inference/translate.py, io.py, datalist_translation.py)."""
 
 import json
 
@@ -24,7 +24,7 @@ from modality_translation.inference import (
     translate_datalist,
     translate_slices,
 )
-from modality_translation.inference.volume import check_files_on_grid
+from modality_translation.inference.io import check_files_on_grid
 from modality_translation.networks import WeightsFileError
 from preprocessing.errors import GeometryError, InputReadError, PreprocessingError
 from preprocessing.normalization import percentile_normalize

@@ -1,0 +1,5 @@
+"""A trained bundle as a thing that travels: what it records of its training, its package, its checks.
+
+- :mod:`~modality_translation.bundle.record`: the training record (``models/training_record.json``):
+  everything inference needs from the cohort a bundle was trained on.
+"""

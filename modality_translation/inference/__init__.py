@@ -14,6 +14,8 @@ from modality_translation.inference.datalist_translation import (
     translate_datalist,
 )
 from modality_translation.inference.io import CanonicalVolume, check_files_on_grid, check_same_grid, read_nifti_header, read_volume, write_volume_like
+from modality_translation.inference.scan_input import Scan, read_scan
+from modality_translation.inference.scan_translation import ScanTranslator, select_direction, translate_scan
 from modality_translation.inference.translate import VolumeSliceInferer, VolumeTranslator, translate_slices
 from modality_translation.inference.weights import load_network_weights, resolve_device
 
@@ -22,6 +24,8 @@ __all__ = [
     "CanonicalVolume",
     "IntensityMapping",
     "IntensityMismatchError",
+    "Scan",
+    "ScanTranslator",
     "TranslateVolumed",
     "VolumeSliceInferer",
     "VolumeTranslator",
@@ -31,11 +35,14 @@ __all__ = [
     "load_datalist_items",
     "load_network_weights",
     "read_nifti_header",
+    "read_scan",
     "read_volume",
     "resolve_device",
     "resolve_item_path",
+    "select_direction",
     "subject_name",
     "translate_datalist",
+    "translate_scan",
     "translate_slices",
     "write_dicom_series",
     "write_volume_like",

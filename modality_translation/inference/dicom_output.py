@@ -3,9 +3,21 @@
 A synthetic image must never pass for an acquired one when it reaches a PACS or a viewer. Every
 file is therefore marked ``ImageType = DERIVED\\SECONDARY``, carries a ``SeriesDescription``
 containing ``SYNTHETIC`` (e.g. ``"SYNTHETIC T2 FROM CT"``) and a ``DerivationDescription`` /
-``ImageComments`` saying how it was made, and gets new Study, Series, Frame of Reference and SOP
-Instance UIDs (``pydicom.uid.generate_uid``). No patient identifier of the source is copied: the
-patient tags are empty unless the caller passes a pseudonymised patient ID.
+``ImageComments`` saying how it was made (with the model's name and version when given), and new
+Series and SOP Instance UIDs.
+
+Two uses:
+
+- **A cohort's outputs** (no source series): new Study and Frame of Reference UIDs too, and no
+  patient identifier: the patient tags are empty unless the caller passes a pseudonymised patient ID.
+- **A patient's scan translated at a site** (``source`` = the header of the translated DICOM series):
+  the series goes into the source's study, so that a PACS files it beside the source: the same
+  Study Instance UID, Frame of Reference UID (the output lies on the source's grid) and study
+  attributes, and the patient module copied from the source (it is the hospital's own patient)
+  unless ``deidentify`` is set, which blanks it and sets ``PatientIdentityRemoved``. The new UIDs
+  are derived from the source series, the model and the description
+  (``generate_uid(entropy_srcs=...)``) and the dates are the source study's, so translating the
+  same series twice with the same model gives byte-identical files.
 
 Geometry comes from the SimpleITK image: one file per slice along its third index axis, with
 ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThickness and SpacingBetweenSlices,
@@ -43,6 +55,12 @@ import modality_translation
 
 CT_RESCALE_INTERCEPT = -1024.0
 DERIVATION_DESCRIPTION = "Synthetic image computed by a neural network (modality translation); not acquired"
+#: Patient module attributes copied from a source series (blank with ``deidentify``).
+PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "OtherPatientIDs",
+                      "IssuerOfPatientID", "PatientWeight", "PatientSize")
+#: General Study module attributes copied from a source series.
+STUDY_ATTRIBUTES = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "StudyDescription")
 _UINT16_MAX = 65535
 _DIRECTION_TOLERANCE = 1e-4
 
@@ -81,6 +99,22 @@ def _stored_values(volume: np.ndarray, is_ct: bool) -> tuple[np.ndarray, float, 
     return stored, slope, intercept
 
 
+def _copy_source_modules(ds: Dataset, source: pydicom.Dataset, deidentify: bool) -> None:
+    """The study (and, unless ``deidentify``, the patient) attributes of the source series."""
+    for keyword in STUDY_ATTRIBUTES:
+        if keyword in source:
+            setattr(ds, keyword, source[keyword].value)
+    if "SpecificCharacterSet" in source:
+        ds.SpecificCharacterSet = source.SpecificCharacterSet  # names may use the source's character set
+    if deidentify:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "patient module left blank by the translation (--deidentify)"
+        return
+    for keyword in PATIENT_ATTRIBUTES:
+        if keyword in source:
+            setattr(ds, keyword, source[keyword].value)
+
+
 def _replace_folder(staging: Path, output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists():
         leftovers = [p.name for p in output_dir.iterdir() if p.suffix.lower() != ".dcm"]
@@ -107,6 +141,9 @@ def write_dicom_series(
     series_number: int = 1,
     study_instance_uid: str | None = None,
     overwrite: bool = True,
+    source: pydicom.Dataset | None = None,
+    deidentify: bool = False,
+    model: str | None = None,
 ) -> list[Path]:
     """Write a 3D image as a synthetic DICOM series, one file per slice (``IM00001.dcm``...).
 
@@ -122,6 +159,12 @@ def write_dicom_series(
         series_number: SeriesNumber.
         study_instance_uid: put the series into this (synthetic) study; default a new study.
         overwrite: replace an existing series folder.
+        source: header of the DICOM series the image was translated from (on whose grid it lies):
+            the output joins its study and frame of reference and copies its patient module (see
+            the module docstring); ``series_number`` is then offset by the source's SeriesNumber.
+        deidentify: with ``source``, leave the patient module blank instead of copying it.
+        model: the model's name and version (``"pix2pix_t1_t2 0.2.0"``), written in the derivation
+            description.
 
     Returns:
         The written files, in slice order.
@@ -146,11 +189,26 @@ def write_dicom_series(
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     normal = np.cross(direction[:, 0], direction[:, 1])
     spacing = image.GetSpacing()
-    now = datetime.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     sop_class = CTImageStorage if is_ct else MRImageStorage
-    study_uid = study_instance_uid or generate_uid()
-    series_uid, frame_uid = generate_uid(), generate_uid()
+    derivation = DERIVATION_DESCRIPTION if model is None else f"{DERIVATION_DESCRIPTION}; model {model}"
+    if source is not None:
+        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not source.get(k)]
+        if missing:
+            raise ValueError(f"the source series header has no {', '.join(missing)}: cannot join its study")
+        # Derived, not random, UIDs: the same source and model give the same series (reproducible outputs).
+        entropy = [str(source.SeriesInstanceUID), description, derivation, str(deidentify)]
+        study_uid = str(source.StudyInstanceUID)
+        frame_uid = str(source.get("FrameOfReferenceUID") or generate_uid(entropy_srcs=entropy + ["frame"]))
+        series_uid = generate_uid(entropy_srcs=entropy + ["series"])
+        date = str(source.get("StudyDate") or "")
+        time = str(source.get("StudyTime") or "")
+        series_number = int(series_number) + 1000 + int(source.get("SeriesNumber") or 0)
+    else:
+        now = datetime.datetime.now()
+        date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+        entropy = None
+        study_uid = study_instance_uid or generate_uid()
+        series_uid, frame_uid = generate_uid(), generate_uid()
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -164,15 +222,16 @@ def write_dicom_series(
             ds = Dataset()
             ds.file_meta = FileMetaDataset()
             ds.file_meta.MediaStorageSOPClassUID = sop_class
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            instance_uid = generate_uid() if entropy is None else generate_uid(entropy_srcs=entropy + [f"instance {k}"])
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = instance_uid
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.SpecificCharacterSet = "ISO_IR 100"
             ds.SOPClassUID = sop_class
             ds.ImageType = ["DERIVED", "SECONDARY"]
             ds.Modality = "CT" if is_ct else "MR"
             ds.SeriesDescription = description
-            ds.DerivationDescription = DERIVATION_DESCRIPTION
-            ds.ImageComments = f"{DERIVATION_DESCRIPTION}; not for diagnostic use"
+            ds.DerivationDescription = derivation[:1024]
+            ds.ImageComments = f"{derivation}; not for diagnostic use"
             ds.BurnedInAnnotation = "NO"
             ds.Manufacturer = "medgan-translate"
             ds.SoftwareVersions = modality_translation.__version__
@@ -183,6 +242,8 @@ def write_dicom_series(
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
             ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
             ds.StudyID = ds.AccessionNumber = ds.ReferringPhysicianName = ds.PositionReferenceIndicator = ""
+            if source is not None:
+                _copy_source_modules(ds, source, deidentify)
             ds.SeriesNumber, ds.InstanceNumber = int(series_number), k + 1
             if not is_ct:
                 # Type 1 attributes of the MR Image module; "RM" (research mode) as nothing was acquired.

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +41,7 @@ from monai.bundle import ConfigParser
 
 from modality_translation.bundle.errors import BundleIntegrityError
 from modality_translation.bundle.large_files import LARGE_FILES_NAME, file_sha256, large_files_yaml
-from modality_translation.bundle.torchscript import export_generators
+from modality_translation.bundle.torchscript import TORCHSCRIPT_NAMES, generator_input_shapes, save_torchscript
 from preprocessing.atomic import atomic_path
 
 __all__ = [
@@ -60,8 +60,6 @@ CONFIG_SUFFIXES = (".json", ".conf", ".yaml", ".yml")
 RECORD_NAME = "training_record.json"
 #: Timestamp of every zip entry (the earliest a zip can store): the bytes do not depend on when.
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
-#: TorchScript file of each direction.
-TORCHSCRIPT_NAMES = {"forward": "model.ts", "reverse": "model_reverse.ts"}
 _FILE_MODE = 0o644 << 16
 _SUMMARY_NAME = "metrics_summary.json"
 
@@ -174,8 +172,8 @@ def _describe(values: Mapping[str, Any]) -> str:
 
 
 def _packaged_metadata(
-    metadata: dict[str, Any], record: Mapping[str, Any] | None, eval_metrics: dict[str, Any], exported: Mapping,
-    model_sha256: str, date: str,
+    metadata: dict[str, Any], record: Mapping[str, Any] | None, eval_metrics: dict[str, Any],
+    input_shapes: Mapping[str, tuple[int, ...]], model_sha256: str, date: str,
 ) -> dict[str, Any]:
     metadata = copy.deepcopy(metadata)
     version = metadata["version"]
@@ -186,7 +184,7 @@ def _packaged_metadata(
     if record is not None:
         metadata["trained_with"] = {"settings": settings, "overrides": overrides, "record": f"models/{RECORD_NAME}"}
     # The network's data format describes the exported generator: the slice it was exported with.
-    _, channels, *spatial = exported["forward"].input_shape
+    _, channels, *spatial = input_shapes["forward"]
     formats = metadata.get("network_data_format", {})
     for section, key in (("inputs", "image"), ("outputs", "pred")):
         entry = formats.get(section, {}).get(key)
@@ -198,8 +196,8 @@ def _packaged_metadata(
                if record is not None else "no training record (models/training_record.json): trained with the configs' defaults")
     evaluated = ("; evaluation: " + ", ".join(f"{direction} ({entry['file']})" for direction, entry in eval_metrics.items())
                  if eval_metrics else "; not evaluated")
-    note = (f"packaged {date}: models/model.pt (sha256 {model_sha256[:12]}...) {trained}{evaluated}; "
-            f"TorchScript: {', '.join(f'{d} by {e.method}' for d, e in exported.items())}")
+    torchscript = ", ".join(f"models/{TORCHSCRIPT_NAMES[direction]} ({direction})" for direction in input_shapes)
+    note = f"packaged {date}: models/model.pt (sha256 {model_sha256[:12]}...) {trained}{evaluated}; TorchScript: {torchscript}"
     changelog = dict(metadata.get("changelog") or {})
     earlier = changelog.pop(version, "")
     # Newest version first, as the model zoo writes it.
@@ -223,7 +221,7 @@ def _packaged_inference(config: dict[str, Any], settings: Mapping[str, Any]) -> 
 
 
 def _readme_section(name: str, version: str, record: Mapping[str, Any] | None, eval_metrics: Mapping[str, Any],
-                    torchscript: Mapping[str, str]) -> str:
+                    exported: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["", "", f"## This package ({name} {version})", ""]
     if record is None:
         lines.append("Trained with the configs' defaults (no training record).")
@@ -240,7 +238,9 @@ def _readme_section(name: str, version: str, record: Mapping[str, Any] | None, e
         values = ", ".join(f"{metric} {stats['mean']:.4g} ± {stats['std']:.3g}" if "mean" in stats else f"{metric} {stats['value']:.4g}"
                            for metric, stats in entry["metrics"].items())
         lines.append(f"- {direction} (`{entry['file']}`): {values}")
-    lines += ["", "TorchScript: " + ", ".join(f"`models/{file}` ({direction})" for direction, file in torchscript.items())
+    lines += ["", "TorchScript: " + ", ".join(
+        f"`models/{TORCHSCRIPT_NAMES[direction]}` ({direction}, by torch.jit.{entry['method']} on "
+        f"{'x'.join(map(str, entry['input_shape']))} slices)" for direction, entry in exported.items())
               + ". Check the files against `large_files.yml` with `python -m modality_translation.bundle verify <bundle>` "
               "(or `python -m monai.bundle download_large_files --bundle_path <bundle>`).", ""]
     return "\n".join(lines)
@@ -308,46 +308,46 @@ def package_bundle(bundle_dir: str | os.PathLike, output_dir: str | os.PathLike,
     record = read_training_record(bundle_dir)
     settings = dict((record or {}).get("settings", {}))
     eval_metrics = _eval_metrics(bundle_dir, evaluation_summaries(bundle_dir, record))
-    exported = export_generators(bundle_dir, settings)
+    input_shapes = generator_input_shapes(bundle_dir, settings)
 
     name = bundle_dir.name
     entries: dict[str, Path | bytes] = {}
     for path in sorted(configs.iterdir()):
         if path.is_file() and path.suffix in CONFIG_SUFFIXES and not path.name.startswith("."):
             entries[f"{name}/configs/{path.name}"] = path
-    packaged_metadata = _packaged_metadata(metadata, record, eval_metrics, exported, file_sha256(model), date)
+    packaged_metadata = _packaged_metadata(metadata, record, eval_metrics, input_shapes, file_sha256(model), date)
     packaged_inference = _packaged_inference(inference, settings)
     entries[f"{name}/configs/metadata.json"] = _json_text(packaged_metadata).encode("utf-8")
     entries[f"{name}/configs/inference.json"] = _json_text(packaged_inference).encode("utf-8")
     if (bundle_dir / "docs").is_dir():
         for path in _collect_files(bundle_dir / "docs"):
             entries[f"{name}/{path.relative_to(bundle_dir).as_posix()}"] = path
-    readme = bundle_dir / "docs" / "README.md"
-    readme_text = readme.read_text(encoding="utf-8").rstrip("\n") if readme.is_file() else f"# {name}"
-    section = _readme_section(name, metadata["version"], record, eval_metrics,
-                              {direction: TORCHSCRIPT_NAMES[direction] for direction in exported})
-    entries[f"{name}/docs/README.md"] = (readme_text + section).encode("utf-8")
     entries[f"{name}/LICENSE"] = license_file
 
-    models = {"model.pt": model}
+    models: dict[str, Path] = {"model.pt": model}
     if record is not None:
         models[RECORD_NAME] = bundle_dir / "models" / RECORD_NAME
     references = bundle_dir / "models" / "references"
     if references.is_dir():
         models.update({path.relative_to(bundle_dir / "models").as_posix(): path for path in _collect_files(references)})
-    # MONAI's metadata.json inside the TorchScript archive, as ``ckpt_export`` stores it, so that
-    # ``monai.data.load_net_with_metadata`` reads the package's description back.
-    extra_files = {"metadata.json": json.dumps(packaged_metadata, sort_keys=True),
-                   "inference.json": json.dumps(packaged_inference, sort_keys=True)}
-    for direction, generator in exported.items():
-        models[TORCHSCRIPT_NAMES[direction]] = generator.to_bytes(extra_files)
-    hashes = {}
-    for relative, content in models.items():
-        entries[f"{name}/models/{relative}"] = content
-        hashes[f"models/{relative}"] = file_sha256(content) if isinstance(content, Path) else hashlib.sha256(content).hexdigest()
-    entries[f"{name}/{LARGE_FILES_NAME}"] = large_files_yaml(hashes).encode("utf-8")
+    with tempfile.TemporaryDirectory(prefix="bundle-torchscript-") as scratch:
+        # MONAI's metadata.json inside the TorchScript archive, as ``ckpt_export`` stores it, so that
+        # ``monai.data.load_net_with_metadata`` reads the package's description back.
+        extra_files = {"metadata.json": json.dumps(packaged_metadata, sort_keys=True),
+                       "inference.json": json.dumps(packaged_inference, sort_keys=True)}
+        exported = save_torchscript(bundle_dir, scratch, settings, extra_files)
+        models.update({TORCHSCRIPT_NAMES[direction]: Path(entry["file"]) for direction, entry in exported.items()})
+        readme = bundle_dir / "docs" / "README.md"
+        readme_text = readme.read_text(encoding="utf-8").rstrip("\n") if readme.is_file() else f"# {name}"
+        section = _readme_section(name, metadata["version"], record, eval_metrics, exported)
+        entries[f"{name}/docs/README.md"] = (readme_text + section).encode("utf-8")
+        hashes = {}
+        for relative, path in models.items():
+            entries[f"{name}/models/{relative}"] = path
+            hashes[f"models/{relative}"] = file_sha256(path)
+        entries[f"{name}/{LARGE_FILES_NAME}"] = large_files_yaml(hashes).encode("utf-8")
 
-    destination = Path(output_dir) / zip_name
-    with atomic_path(destination) as tmp:
-        _write_zip(tmp, entries)
+        destination = Path(output_dir) / zip_name
+        with atomic_path(destination) as tmp:
+            _write_zip(tmp, entries)
     return destination

@@ -11,12 +11,21 @@ by its own ``network`` expression). The training record's settings (e.g. ``image
 input sizes in Python, which scripting rejects, so they are usually traced on a dummy slice of the
 configured size and channels. Either way the exported module must reproduce the eager network on a
 random slice within :data:`TOLERANCE`, or the export is refused.
+
+TorchScript names the types it compiles after the ones already compiled in the process (a second
+export of the same network gets ``___torch_mangle_<n>`` names), so an export's bytes depend on what
+the process exported before. :func:`save_torchscript` therefore exports in a fresh Python process
+(``python -m modality_translation.bundle.torchscript``): the same bundle gives the same files.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,10 +38,23 @@ from torch import nn
 
 from modality_translation.bundle.errors import BundleIntegrityError
 from modality_translation.inference.weights import input_channels, load_network_weights
+from modality_translation.networks.init import WeightsFileError
 from modality_translation.networks.unit_network import UNITNetwork
 from modality_translation.networks.unit_translation import UNITTranslation
 
-__all__ = ["TOLERANCE", "ExportedGenerator", "export_generators", "inference_parser", "translator_ids"]
+__all__ = [
+    "TORCHSCRIPT_NAMES",
+    "TOLERANCE",
+    "ExportedGenerator",
+    "export_generators",
+    "generator_input_shapes",
+    "inference_parser",
+    "save_torchscript",
+    "translator_ids",
+]
+
+#: TorchScript file of each direction, under ``models/``.
+TORCHSCRIPT_NAMES = {"forward": "model.ts", "reverse": "model_reverse.ts"}
 
 #: Largest absolute difference allowed between the TorchScript and the eager output.
 TOLERANCE = 1e-5
@@ -133,8 +155,32 @@ def _export(network: nn.Module, shape: tuple[int, ...], what: str) -> ExportedGe
     return ExportedGenerator(module, method, tuple(shape), difference)
 
 
+def _generators(bundle_dir: Path, settings: Mapping[str, Any] | None, load_weights: bool):
+    """``(direction, network in eval mode, input shape)`` for each translator of the bundle's inference config."""
+    config_file = bundle_dir / "configs" / "inference.json"
+    parser = inference_parser(bundle_dir, settings)
+    for direction, translator in translator_ids(parser, config_file).items():
+        # A UNIT bundle's reverse network loads its weights in its own expression; the others name them.
+        network = parser.get_parsed_content(f"{translator}#network", instantiate=True)
+        weights = parser.get_parsed_content(f"{translator}#weights", instantiate=True)
+        if load_weights and weights is not None:
+            load_network_weights(network, weights, parser.get_parsed_content(f"{translator}#weights_key") or None)
+        size = int(parser.get_parsed_content(f"{translator}#slice_size"))
+        yield direction, network.to("cpu").eval(), (1, _source_channels(network), size, size)
+
+
+def generator_input_shapes(bundle_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """``{direction: (1, channels, size, size)}``: the slice each generator of the bundle takes, from its configs.
+
+    Args:
+        bundle_dir: the bundle folder.
+        settings: the training record's settings, applied as overrides.
+    """
+    return {direction: shape for direction, _, shape in _generators(Path(bundle_dir), settings, load_weights=False)}
+
+
 def export_generators(bundle_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None) -> dict[str, ExportedGenerator]:
-    """Export the generator of each translation direction of a trained bundle to TorchScript.
+    """Export the generator of each translation direction of a trained bundle to TorchScript, in this process.
 
     Args:
         bundle_dir: the bundle folder, with ``configs/inference.json`` and ``models/model.pt``.
@@ -150,16 +196,72 @@ def export_generators(bundle_dir: str | os.PathLike, settings: Mapping[str, Any]
             weights (names, shapes or entry).
     """
     bundle_dir = Path(bundle_dir)
-    config_file = bundle_dir / "configs" / "inference.json"
-    parser = inference_parser(bundle_dir, settings)
-    exported = {}
-    for direction, translator in translator_ids(parser, config_file).items():
-        network = parser.get_parsed_content(f"{translator}#network", instantiate=True)
-        weights = parser.get_parsed_content(f"{translator}#weights", instantiate=True)
-        if weights is not None:
-            load_network_weights(network, weights, parser.get_parsed_content(f"{translator}#weights_key") or None)
-        network = network.to("cpu").eval()
-        size = int(parser.get_parsed_content(f"{translator}#slice_size"))
-        shape = (1, _source_channels(network), size, size)
-        exported[direction] = _export(network, shape, f"{bundle_dir / 'models' / 'model.pt'} ({direction} generator)")
-    return exported
+    model = bundle_dir / "models" / "model.pt"
+    return {
+        direction: _export(network, shape, f"{model} ({direction} generator)")
+        for direction, network, shape in _generators(bundle_dir, settings, load_weights=True)
+    }
+
+
+def save_torchscript(
+    bundle_dir: str | os.PathLike, output_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Export a bundle's generators in a fresh Python process and save them as ``output_dir/model{,_reverse}.ts``.
+
+    Args:
+        bundle_dir: the bundle folder, with ``configs/inference.json`` and ``models/model.pt``.
+        output_dir: where the ``.ts`` files go (an existing folder).
+        settings: the training record's settings, applied as overrides.
+        extra_files: ``{name: text}`` stored in each archive (MONAI reads ``metadata.json`` from there).
+
+    Returns:
+        ``{direction: {"file", "method", "input_shape", "max_difference"}}``.
+
+    Raises:
+        BundleIntegrityError, FileNotFoundError, WeightsFileError: as :func:`export_generators`.
+    """
+    request = {"bundle_dir": str(Path(bundle_dir).resolve()), "output_dir": str(Path(output_dir).resolve()),
+               "settings": dict(settings or {}), "extra_files": dict(extra_files or {})}
+    # The child imports this very library, wherever it was imported from here.
+    library_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [library_root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "modality_translation.bundle.torchscript"], input=json.dumps(request),
+                            capture_output=True, text=True, env=env)
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BundleIntegrityError(bundle_dir, f"the TorchScript export failed (exit {result.returncode}): "
+                                   f"{result.stderr.strip()[-2000:]}") from None
+    if "error" in answer:
+        error = answer["error"]
+        if error["type"] == "WeightsFileError":
+            raise WeightsFileError(error["path"], error["reason"])
+        if error["type"] == "FileNotFoundError":
+            raise FileNotFoundError(error["message"])
+        raise BundleIntegrityError(error.get("path"), error.get("reason") or error["message"])
+    return answer["exported"]
+
+
+def _main() -> int:
+    """The child of :func:`save_torchscript`: a JSON request on stdin, a JSON answer as the last line of stdout."""
+    argparse.ArgumentParser(description="Export a bundle's generators (a JSON request on stdin); used by save_torchscript").parse_args()
+    request = json.loads(sys.stdin.read())
+    try:
+        exported = export_generators(request["bundle_dir"], request["settings"])
+        answer = {}
+        for direction, generator in exported.items():
+            path = Path(request["output_dir"]) / TORCHSCRIPT_NAMES[direction]
+            path.write_bytes(generator.to_bytes(request["extra_files"]))
+            answer[direction] = {"file": str(path), "method": generator.method, "input_shape": list(generator.input_shape),
+                                 "max_difference": generator.max_difference}
+        print(json.dumps({"exported": answer}))
+    except (BundleIntegrityError, WeightsFileError, FileNotFoundError) as exc:
+        print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc), "path": getattr(exc, "path", None),
+                                    "reason": getattr(exc, "reason", None)}}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -16,6 +16,7 @@ The record (JSON, ``format_version`` 1)::
      "intensity": {"t1": {IntensityMapping fields}, "t2": {...}},
      "slices": {"axis": "axial", "size": [128, 128], "neighbours": 0},
      "alignment": {"t1": {"reference": "references/reference_t1.nii.gz", "registration": {...}}, ...},
+     "ct_artefact": {"enabled": true, "options": {...}, "outside_hu": -1000.0},
      "dataset": {"name": "demo", "config_sha256": "..."}}
 
 - ``settings``: the values of the inference config's ids the network is built from, as trained;
@@ -25,12 +26,13 @@ The record (JSON, ``format_version`` 1)::
 - ``alignment``: per modality, the reference volume (relative to ``models/``) an input of that
   modality must be rigidly aligned to, and the registration parameters (the cohort's, rigid only).
   Absent when the cohort was not registered into a common space.
+- ``ct_artefact``: how the cohort removed the head holder and other objects from its CTs (the
+  artefact mask's options), for bundles with a CT side; a new CT is cleaned the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -112,7 +114,8 @@ class TrainingRecord:
     Attributes:
         folder: the ``models/`` folder the record belongs to (references are relative to it);
             ``None`` for a record not read from a file.
-        settings, overrides, modalities, intensity, slices, alignment, bundle, dataset: the record's entries.
+        settings, overrides, modalities, intensity, slices, alignment, ct_artefact, bundle, dataset: the
+            record's entries.
     """
 
     folder: Path | None = None
@@ -122,6 +125,7 @@ class TrainingRecord:
     intensity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     slices: Mapping[str, Any] = field(default_factory=dict)
     alignment: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ct_artefact: Mapping[str, Any] = field(default_factory=dict)
     bundle: Mapping[str, Any] = field(default_factory=dict)
     dataset: Mapping[str, Any] = field(default_factory=dict)
 
@@ -197,6 +201,7 @@ class TrainingRecord:
             "intensity": {m: dict(v) for m, v in self.intensity.items()},
             "slices": dict(self.slices),
             "alignment": {m: dict(v) for m, v in self.alignment.items()},
+            "ct_artefact": dict(self.ct_artefact),
             "dataset": dict(self.dataset),
         }
 
@@ -339,8 +344,10 @@ def write_training_record(
         destination.parent.mkdir(parents=True, exist_ok=True)
         source_file = entry.pop("source")
         atomic_write_with(destination, lambda tmp, src=source_file: shutil.copyfile(src, tmp))
+    artefact = dict(config.get("artefact") or {}) if "ct" in modalities.values() else {}
     record = TrainingRecord(
         folder=folder,
+        ct_artefact={key: artefact[key] for key in ("enabled", "options", "outside_hu") if key in artefact},
         settings=dict(settings),
         overrides=command_line_overrides(argv),
         modalities=modalities,
@@ -348,8 +355,7 @@ def write_training_record(
         slices={"axis": cohort.get("slice_axis", "axial"), "size": size, "neighbours": int(neighbours)},
         alignment=alignment,
         bundle=bundle,
-        dataset={"name": cohort.get("name"), "config": cohort.get("config"), "config_sha256": cohort.get("config_sha256"),
-                 "written": datetime.date.today().isoformat()},
+        dataset={"name": cohort.get("name"), "config": cohort.get("config"), "config_sha256": cohort.get("config_sha256")},
     )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RECORD_FILE, record.to_json())

@@ -227,7 +227,8 @@ class IntensityMapping:
           span of tolerance);
         - an MR (raw or z-scored): fewer than 1 % of the voxels at or below -500 (the air of a CT in HU);
         - a CT in HU: values that do not all lie within ``out_range`` (those would be windowed or
-          network-scale values).
+          network-scale values), and at least 1 % of the voxels at or below -500 HU (the air around a
+          head; an MR has none).
 
         Args:
             volume: the array (finite values).
@@ -260,6 +261,11 @@ class IntensityMapping:
                 raise IntensityMismatchError(
                     path, f"the {what} should be CT in Hounsfield units, but {found}, within the network range "
                     f"[{range_low:g}, {range_high:g}]: windowed or network-scale values, not HU")
+            if not looks_like_ct_hu:
+                raise IntensityMismatchError(
+                    path, f"the {what} should be CT in Hounsfield units, but {found} with {air_fraction:.1%} of its "
+                    f"voxels at or below {HU_AIR_THRESHOLD:g} HU: no air around the head, so not a CT in HU "
+                    "(an MR?)")
         elif looks_like_ct_hu:
             raise IntensityMismatchError(
                 path, f"the {what} should be {name} intensities, but {air_fraction:.0%} of its voxels are at or "

@@ -4,7 +4,9 @@ The steps (:meth:`ScanTranslator.translate`), each from the bundle's training re
 (:mod:`modality_translation.bundle.record`) rather than from a cohort:
 
 1. read the scan (NIfTI file, DICOM series or study folder; CT to HU) and check it is of the
-   bundle's source modality (:func:`~modality_translation.inference.scan_input.read_scan`);
+   bundle's source modality (:func:`~modality_translation.inference.scan_input.read_scan`); a CT
+   is cleaned of its head holder and other objects with the cohort's artefact mask
+   (``preprocessing.artefact_mask``), as the training CTs were;
 2. when the bundle was trained in a registered common space, align it rigidly to the bundle's
    reference of that modality (:mod:`~modality_translation.inference.alignment`);
 3. head mask and normalisation (MR) or windowing (CT) with the training's settings;
@@ -39,6 +41,7 @@ from modality_translation.inference.dicom_output import default_series_descripti
 from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.scan_input import Scan, read_scan, write_nifti_like
 from modality_translation.inference.translate import VolumeTranslator
+from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
 from preprocessing.atomic import atomic_write_json
 
 __all__ = ["ScanTranslator", "select_direction", "translate_scan"]
@@ -82,6 +85,26 @@ class ScanTranslator:
         self.translator.slice_kwargs = {**translator.slice_kwargs, "pad_value": self.source.background_value}
         self.model = model
         self.dicom_rules = dicom_rules
+        self.ct_artefact = dict(record.ct_artefact) if self.source.is_ct else {}
+
+    def remove_ct_artefacts(self, image: sitk.Image) -> sitk.Image:
+        """The CT with everything outside the head (holder, couch, pads) set to air, as in training.
+
+        Uses the cohort's artefact mask options (``preprocessing.artefact_mask.build_artefact_mask``);
+        unchanged when the bundle's cohort did not mask its CTs or the source is not CT.
+        """
+        if not self.ct_artefact.get("enabled"):
+            return image
+        # The mask's slice-wise rules assume axial slices along the array's first axis.
+        orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+        canonical = sitk.DICOMOrient(image, "LPS")
+        hu = sitk.GetArrayFromImage(canonical)
+        keep, _ = build_artefact_mask(hu, **dict(self.ct_artefact.get("options") or {}))
+        cleaned = sitk.GetImageFromArray(apply_artefact_mask(hu, keep, float(self.ct_artefact.get("outside_hu", -1000.0))))
+        cleaned.CopyInformation(canonical)
+        cleaned = sitk.DICOMOrient(cleaned, orientation)
+        cleaned.CopyInformation(image)
+        return sitk.Cast(cleaned, sitk.sitkFloat32)
 
     def _background(self, mapping: IntensityMapping) -> float:
         return CT_AIR_HU if mapping.is_ct else mapping.background_value
@@ -97,12 +120,14 @@ class ScanTranslator:
             ``(image, details)``: the image and a JSON-able dict (alignment metrics, reference).
         """
         details: dict[str, Any] = {}
+        source = self.remove_ct_artefacts(scan.image)
         if self.reference_path is None:
-            return self.translator.translate_image(scan.image), details
+            return self.translator.translate_image(source), details
         reference = sitk.ReadImage(str(self.reference_path), sitk.sitkFloat32)
-        with align_to_reference(scan.image, reference, self.registration, self._background(self.source)) as alignment:
+        with align_to_reference(source, reference, self.registration, self._background(self.source)) as alignment:
             translated = self.translator.translate_image(alignment.aligned)
             image = alignment.to_input_grid(translated, self._background(self.target))
+            image.CopyInformation(scan.image)  # the input's own header values, free of resampling round-off
             details["alignment"] = {"reference": self.reference_path.name, "transform": "rigid", **alignment.metrics}
         return image, details
 

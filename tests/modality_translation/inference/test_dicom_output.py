@@ -115,3 +115,39 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="sheared"):
         write_dicom_series(sheared, tmp_path / "t", "ct")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "s"]
+
+
+def _source_header():
+    ds = pydicom.Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.3"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "H123456", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260301", "101500", "ACC42", "7"
+    ds.SeriesNumber = 3
+    return ds
+
+
+def test_a_series_translated_from_a_source_joins_its_study_and_is_reproducible(tmp_path):
+    image = _image(np.random.default_rng(1).uniform(-1000, 1500, (5, 8, 9)))
+    source = _source_header()
+    first = write_dicom_series(image, tmp_path / "a", "ct", source_modality="t1", source=source, model="pix2pix_mr_ct 0.1.0")
+    again = write_dicom_series(image, tmp_path / "b", "ct", source_modality="t1", source=source, model="pix2pix_mr_ct 0.1.0")
+    assert [f.read_bytes() for f in first] == [f.read_bytes() for f in again]
+    ds = pydicom.dcmread(first[0])
+    assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (source.StudyInstanceUID, source.FrameOfReferenceUID)
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.SeriesNumber == 1004
+    assert (ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex) == ("Doe^Jane", "H123456", "19700101", "F")
+    assert (ds.StudyDate, ds.AccessionNumber, ds.StudyID) == ("20260301", "ACC42", "7")
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in ds.SeriesDescription
+    assert "pix2pix_mr_ct 0.1.0" in ds.DerivationDescription
+    # Another model or a de-identified output is another series.
+    other = write_dicom_series(image, tmp_path / "c", "ct", source_modality="t1", source=source, deidentify=True)
+    anonymous = pydicom.dcmread(other[0])
+    assert anonymous.SeriesInstanceUID != ds.SeriesInstanceUID and anonymous.StudyInstanceUID == source.StudyInstanceUID
+    assert (anonymous.PatientName, anonymous.PatientID, anonymous.PatientBirthDate) == ("", "", "")
+    assert anonymous.PatientIdentityRemoved == "YES"
+    without_uid = _source_header()
+    del without_uid.StudyInstanceUID
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        write_dicom_series(image, tmp_path / "d", "ct", source=without_uid)
+    assert not (tmp_path / "d").exists()

@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 # The module, not its names: the record imports this package's intensity mappings.
 from modality_translation.bundle import record as training_record
+from modality_translation.bundle.cli_errors import UsageError
 from modality_translation.inference.alignment import align_to_reference
 from modality_translation.inference.dicom_output import default_series_description, write_dicom_series
 from modality_translation.inference.intensity import IntensityMapping
@@ -148,12 +149,12 @@ class ScanTranslator:
         Raises:
             InputReadError, SeriesSelectionError, GeometryError, IntensityMismatchError: a bad input
                 (see :func:`~modality_translation.inference.scan_input.read_scan`), before anything is written.
-            ValueError: ``write_dicom`` for a NIfTI input.
+            UsageError: ``write_dicom`` for a NIfTI input.
         """
         scan = read_scan(input_path, self.source, self.dicom_rules)
         write_dicom = scan.is_dicom if write_dicom is None else bool(write_dicom)
         if write_dicom and not scan.is_dicom:
-            raise ValueError(f"{input_path}: a NIfTI input has no DICOM study to put a synthetic series in")
+            raise UsageError(f"{input_path}: a NIfTI input has no DICOM study to put a synthetic series in")
         image, details = self.translate_image(scan)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ def select_direction(translators: VolumeTranslator | Mapping[str, VolumeTranslat
         direction: ``"forward"`` or ``"reverse"``.
 
     Raises:
-        ValueError: an unknown direction, or ``"reverse"`` for a one-way bundle.
+        UsageError: an unknown direction, or ``"reverse"`` for a one-way bundle.
     """
     direction = str(direction).strip().lower()
     if isinstance(translators, VolumeTranslator):
@@ -193,7 +194,7 @@ def select_direction(translators: VolumeTranslator | Mapping[str, VolumeTranslat
     if direction not in translators:
         forward = translators["forward"]
         ways = f"{forward.source.modality} -> {forward.target.modality}"
-        raise ValueError(f"--direction {direction!r} is not available: this bundle translates "
+        raise UsageError(f"--direction {direction!r} is not available: this bundle translates "
                          f"{' and '.join(sorted(translators))} ({ways} forward)")
     return translators[direction]
 
@@ -209,10 +210,10 @@ def translate_scan(scan_translator: ScanTranslator, input: str | os.PathLike | N
         deidentify: ``--deidentify`` (``True``/``"true"``).
 
     Raises:
-        ValueError: a missing ``--input`` or ``--output_dir``.
+        UsageError: a missing ``--input`` or ``--output_dir``.
     """
     if input in (None, "") or output_dir in (None, ""):
         missing = [name for name, value in (("--input", input), ("--output_dir", output_dir)) if value in (None, "")]
-        raise ValueError(f"translate needs {' and '.join(missing)}: --input PATH (NIfTI file, DICOM series or study "
+        raise UsageError(f"translate needs {' and '.join(missing)}: --input PATH (NIfTI file, DICOM series or study "
                          "folder) --output_dir DIR")
     return scan_translator.translate(input, output_dir, deidentify=str(deidentify).strip().lower() in ("true", "1", "yes"))

@@ -220,20 +220,22 @@ class IntensityMapping:
             return None
         return self.out_range[1] - self.out_range[0]
 
-    def check_intensities(self, volume: np.ndarray, path: str | os.PathLike | None = None, what: str = "volume") -> None:
+    def check_intensities(self, volume: np.ndarray, path: str | os.PathLike | None = None, what: str = "volume",
+                          acquired: bool = False) -> None:
         """Raise unless ``volume``'s values can be of this modality on this mapping's scale.
 
         - declared ``on_network_scale`` (bounded scale): every value within ``out_range`` (1 % of its
           span of tolerance);
         - an MR (raw or z-scored): fewer than 1 % of the voxels at or below -500 (the air of a CT in HU);
         - a CT in HU: values that do not all lie within ``out_range`` (those would be windowed or
-          network-scale values), and at least 1 % of the voxels at or below -500 HU (the air around a
-          head; an MR has none).
+          network-scale values); for an ``acquired`` scan also at least 1 % of the voxels at or below
+          -500 HU (the air around a head, which an MR has not; a model's prediction may lack it).
 
         Args:
             volume: the array (finite values).
             path: its file, named in the error.
             what: what the volume is, for the message (``"volume to translate"``, ``"prediction"``).
+            acquired: the volume is a scan as acquired (the input of a translation), not a prediction.
 
         Raises:
             IntensityMismatchError: naming the file, the expected modality and scale, and the values found.
@@ -261,7 +263,7 @@ class IntensityMapping:
                 raise IntensityMismatchError(
                     path, f"the {what} should be CT in Hounsfield units, but {found}, within the network range "
                     f"[{range_low:g}, {range_high:g}]: windowed or network-scale values, not HU")
-            if not looks_like_ct_hu:
+            if acquired and not looks_like_ct_hu:
                 raise IntensityMismatchError(
                     path, f"the {what} should be CT in Hounsfield units, but {found} with {air_fraction:.1%} of its "
                     f"voxels at or below {HU_AIR_THRESHOLD:g} HU: no air around the head, so not a CT in HU "

@@ -154,7 +154,7 @@ def _read_nifti_scan(path: Path, mapping: IntensityMapping) -> Scan:
     n_bad = int(np.count_nonzero(~np.isfinite(data)))
     if n_bad:
         raise InputReadError(path, f"{n_bad} voxels are NaN or infinite")
-    mapping.check_intensities(data, path, "scan to translate")
+    mapping.check_intensities(data, path, "scan to translate", acquired=True)
     return Scan(path=path, image=nifti_to_sitk(nifti, data), modality=mapping.modality, nifti=nifti)
 
 
@@ -177,7 +177,7 @@ def _read_dicom_scan(path: Path, mapping: IntensityMapping, rules: Mapping[str, 
     air = -1024.0 if mapping.is_ct else 0.0
     image, metadata = read_dicom_series(series, {"series_rules": series_rules, "air_value": air})
     image = sitk.Cast(image, sitk.sitkFloat32)
-    mapping.check_intensities(sitk.GetArrayViewFromImage(image), series.folder, "scan to translate")
+    mapping.check_intensities(sitk.GetArrayViewFromImage(image), series.folder, "scan to translate", acquired=True)
     header = pydicom.dcmread(series.files[0], stop_before_pixels=True)
     info = {"description": series.description, "slices": series.n_slices, "series_in_folder": len(scan.series),
             "findings": list(metadata.get("findings") or [])}

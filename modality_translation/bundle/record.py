@@ -4,7 +4,9 @@ A bundle trained on a preprocessed cohort used that cohort's intensity mapping (
 and head-mask options, CT window), its slice geometry and, for cohorts registered into a common
 space, its reference volumes. Inference must use the same, and a bundle sent to another site
 arrives without the cohort. So the training writes ``models/training_record.json`` (and copies the
-references to ``models/references/``) when it starts, and inference reads them from the bundle.
+references to ``models/references/``) when it starts (:class:`TrainingRecordWriter`, a handler of
+every bundle's trainer: after the data checks, so a training refused before it starts writes
+nothing), and inference reads them from the bundle.
 
 The record (JSON, ``format_version`` 1)::
 
@@ -51,6 +53,7 @@ __all__ = [
     "REFERENCES_FOLDER",
     "TrainingRecord",
     "TrainingRecordError",
+    "TrainingRecordWriter",
     "command_line_overrides",
     "read_training_record",
     "write_training_record",
@@ -360,3 +363,26 @@ def write_training_record(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RECORD_FILE, record.to_json())
     return record
+
+
+class TrainingRecordWriter:
+    """Ignite handler writing the training record when the training starts (:func:`write_training_record`).
+
+    At ``Events.STARTED``, not when the config is parsed: the datasets and their checks come first, so
+    a training refused for its data leaves no ``models/`` folder behind.
+
+    Args:
+        kwargs: the arguments of :func:`write_training_record`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def attach(self, engine: Any) -> None:
+        """Write the record when ``engine`` starts."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any = None) -> TrainingRecord:
+        return write_training_record(**self.kwargs)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medgan_common.errors import PreprocessingError
 from modality_translation.data.datalist import (
     MODALITY_ALIASES,
     DatalistError,
@@ -32,7 +33,6 @@ from modality_translation.data.datalist import (
     slices_key,
 )
 from modality_translation.engines.checkpoint import latest_checkpoint
-from preprocessing.errors import PreprocessingError
 
 __all__ = ["DATALIST_NAME", "bundle_root", "prepare_datalist", "require_modality", "resume_checkpoint"]
 

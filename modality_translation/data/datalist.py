@@ -40,7 +40,7 @@ from typing import Any
 
 import nibabel as nib
 
-from preprocessing.errors import InputReadError, PreprocessingError
+from medgan_common.errors import InputReadError, PreprocessingError
 
 SPLITS = ("training", "validation", "test")
 

@@ -30,6 +30,7 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Resized
 
+from medgan_common.errors import GeometryError, InputReadError
 from modality_translation.data.datalist import (
     DatalistError,
     check_modality_name,
@@ -38,7 +39,6 @@ from modality_translation.data.datalist import (
     slices_key,
 )
 from modality_translation.inference.intensity import IntensityMapping
-from preprocessing.errors import GeometryError, InputReadError
 from preprocessing.slices import SliceGeometry, extract_slices, read_slice_index
 
 # Geometry written by the preprocessing (float64 JSON) and read back from a NIfTI header (float32

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medgan_common.atomic import atomic_write_json
 from modality_translation.data.datalist import MODALITY_ALIASES, ModalityMismatchError, check_modality_name, modality_of_key
 from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.datalist_translation import load_datalist_items
@@ -74,7 +75,6 @@ from modality_translation.metrics import (
     write_metrics_report,
 )
 from modality_translation.networks.init import require_local_file
-from preprocessing.atomic import atomic_write_json
 
 
 FID_SKIPPED_NOTE = "FID skipped: no TorchScript Inception file configured (fid_model_path); nothing is downloaded"

@@ -17,11 +17,11 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
+from medgan_common.atomic import atomic_write_json
+from medgan_common.errors import InputReadError, PreprocessingError
 from modality_translation.inference.dicom_output import write_dicom_series
 from modality_translation.inference.io import check_files_on_grid, read_volume
 from modality_translation.inference.translate import VolumeTranslator
-from preprocessing.atomic import atomic_write_json
-from preprocessing.errors import InputReadError, PreprocessingError
 
 
 def subject_name(item: Mapping[Hashable, Any], subject_key: str = "subject", fallback_key: Hashable | None = None) -> str:

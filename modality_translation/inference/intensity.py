@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from preprocessing.errors import InputReadError, PreprocessingError
+from medgan_common.errors import InputReadError, PreprocessingError
 from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize
 from preprocessing.windowing import WindowSpec, get_window, hu_to_window, window_to_hu
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import atomic_write_json, atomic_write_text
+from medgan_common.atomic import atomic_write_json, atomic_write_text
 from preprocessing.provenance import input_record, write_sidecar
 from preprocessing.runner.common import STATUS_EXCLUDED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
 from preprocessing.runner.discovery import CohortInputs

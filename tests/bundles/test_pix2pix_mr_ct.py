@@ -14,10 +14,10 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.bundle import run as run_in_process
 
+from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
 from modality_translation.inference import IntensityMismatchError
-from preprocessing.errors import GeometryError
 from tests.bundles.helpers import (
     BUNDLES,
     TINY_NETWORKS,

@@ -7,10 +7,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from medgan_common.errors import PreprocessingError
 from modality_translation.bundle_support import bundle_root, prepare_datalist, require_modality, resume_checkpoint
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
-from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, write_cohort
 
 

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from medgan_common.errors import PreprocessingError
 from modality_translation.data import (
     DatalistError,
     ModalityMismatchError,
@@ -12,7 +13,6 @@ from modality_translation.data import (
     pair_slices,
 )
 from modality_translation.data.datalist import modality_of_key, registered_image_modalities
-from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
 
 

@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.data.matched_slices import matched_slice_dataset, matched_target_slices
-from preprocessing.errors import GeometryError
 from preprocessing.slices import extract_slices, save_slices
 
 SHAPE = (12, 20, 16)  # [z, y, x]

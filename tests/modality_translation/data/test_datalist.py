@@ -37,7 +37,7 @@ def test_missing_file_and_bad_json(tmp_path):
 
 def test_missing_and_empty_split(tmp_path):
     path = write_cohort(tmp_path, splits={"training": ["sub-001"], "test": []})
-    with pytest.raises(DatalistError, match=r"has no 'validation' split \(it has: training, test\)"):
+    with pytest.raises(DatalistError, match=r"datalist has no split 'validation' \(it has: training, test\)"):
         load_translation_datalist(path, "validation")
     with pytest.raises(DatalistError, match="split 'test' is empty"):
         load_translation_datalist(path, "test")
@@ -66,7 +66,7 @@ def test_missing_slice_file_named(tmp_path):
     with pytest.raises(DatalistError) as error:
         load_translation_datalist(path, "training", modalities=("t1", "t2"))
     assert error.value.path == str(missing)
-    assert "t2 slice file of subject 'sub-002' does not exist" in str(error.value)
+    assert f"t2 slice file ('t2_slices' of subject 'sub-002') does not exist (listed in {path.resolve()})" in str(error.value)
     assert isinstance(error.value, PreprocessingError)
 
 

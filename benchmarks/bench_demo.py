@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
 from preprocessing.demo import ANATOMIES, build_demo_cohort
 
 SUBJECTS = {"small": 4, "full": 12}

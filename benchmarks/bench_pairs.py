@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
 from preprocessing.config import load_config
 from preprocessing.pseudonym import pseudonymise
 from preprocessing.runner.demo_truth import pair_landmark_errors

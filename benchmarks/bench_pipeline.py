@@ -32,7 +32,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
-from preprocessing.atomic import atomic_write_json  # noqa: E402
+from medgan_common.atomic import atomic_write_json  # noqa: E402
 from preprocessing.config import load_config  # noqa: E402
 from preprocessing.runner import STEPS, WorkerSettings, dask_pool, run_cohort  # noqa: E402
 from preprocessing.demo import build_demo_cohort  # noqa: E402

@@ -32,7 +32,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
-from preprocessing.atomic import atomic_write_json  # noqa: E402
+from medgan_common.atomic import atomic_write_json  # noqa: E402
 
 SHAPE_ZYX = (150, 256, 256)
 
@@ -131,7 +131,7 @@ def time_other_steps(pair_dir: Path) -> dict:
     """
     import importlib.util
 
-    from modality_translation.host_memory import retain_freed_host_memory
+    from medgan_common.host_memory import retain_freed_host_memory
     from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
     from preprocessing.mask_warp import carry_mask_array
     from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize

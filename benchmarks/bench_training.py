@@ -431,7 +431,7 @@ def main() -> None:
             print(json.dumps({"round": round_index + 1, **shown}), flush=True)
     results = [merge_rounds(config_runs) for config_runs in runs]
 
-    from preprocessing.atomic import atomic_write_json
+    from medgan_common.atomic import atomic_write_json
 
     report = {
         "benchmark": f"training iteration, {args.size}x{args.size}, batch 1 on CPU, Adam; CycleGAN: identity loss on, "

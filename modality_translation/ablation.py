@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import PreprocessingError
+from medgan_common.atomic import atomic_write_text
+from medgan_common.errors import PreprocessingError
 
 #: The bundle's config of each stage, and the order the stages run in.
 STAGES = {"training": "train.json", "inference": "inference.json", "evaluate": "evaluate.json"}

@@ -5,7 +5,8 @@
   root and ``--config_file configs/train.json`` from inside the bundle resolve the same paths.
   MONAI's model-zoo bundles write ``"bundle_root": "."`` and rely on being run from their folder (or
   on ``--bundle_root``); MONAI itself knows the config file's folder (``ConfigWorkflow`` derives the
-  bundle root from it to extend ``sys.path``) but does not put it in the config, so it is read here.
+  bundle root from it to extend ``sys.path``) but does not put it in the config, so it is taken
+  here from the public command line (``--config_file``), never from MONAI's internals.
 - :func:`prepare_datalist`: the cohort's ``dataset.json``, checked for the modalities and splits the
   bundle uses before any training starts; with ``build_demo`` a missing demo cohort is built
   (``python -m preprocessing demo``) and preprocessed (``python -m preprocessing run``) first, so
@@ -18,70 +19,95 @@
 
 from __future__ import annotations
 
-import inspect
+import ast
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medgan_common import dataset_keys
+from medgan_common.errors import PreprocessingError
 from modality_translation.data.datalist import (
     MODALITY_ALIASES,
     DatalistError,
     load_translation_datalist,
     read_datalist,
+    resolve_item_path,
     slices_key,
 )
 from modality_translation.engines.checkpoint import latest_checkpoint
-from preprocessing.errors import PreprocessingError
 
-__all__ = ["DATALIST_NAME", "bundle_root", "prepare_datalist", "require_modality", "resume_checkpoint"]
+__all__ = ["DATALIST_NAME", "bundle_root", "config_file_from_argv", "prepare_datalist", "require_modality", "resume_checkpoint"]
 
 #: File name of the datalist in a preprocessing output folder.
-DATALIST_NAME = "dataset.json"
+DATALIST_NAME = dataset_keys.DATALIST_FILE
 
-# Local names under which monai.bundle's entry points hold the config files they parse
-# (``verify_net_in_out``, ``ckpt_export``, ``_export``...).
-_CONFIG_FILE_LOCALS = ("config_file_", "config_file")
+#: Command-line options naming the config files of a ``python -m monai.bundle`` command (fire
+#: accepts the hyphenated spelling too).
+_CONFIG_FILE_OPTIONS = ("--config_file", "--config-file")
 
 
 def _root_of_config_folder(folder: Path) -> Path:
-    # The same rule as MONAI's ConfigWorkflow.run: <bundle>/configs/*.json -> <bundle>.
+    # The same rule as MONAI's ConfigWorkflow: <bundle>/configs/*.json -> <bundle>.
     return folder.parent if folder.name == "configs" else folder
 
 
-def _config_folder_in_stack() -> Path | None:
-    """Folder of the config file that a ``monai.bundle`` entry point is parsing, found on the call stack."""
-    from monai.bundle import ConfigWorkflow
+def _first_config_file(value: str) -> str | None:
+    """The first file of a ``--config_file`` value: one path, a list literal or comma-separated paths.
 
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            if str(frame.f_globals.get("__name__", "")).startswith("monai.bundle"):
-                owner = frame.f_locals.get("self")
-                if isinstance(owner, ConfigWorkflow):
-                    return Path(owner.config_root_path)
-                for name in _CONFIG_FILE_LOCALS:
-                    files = frame.f_locals.get(name)
-                    if isinstance(files, (list, tuple)) and files:
-                        files = files[0]
-                    if isinstance(files, (str, os.PathLike)) and os.path.isfile(files):
-                        return Path(files).parent
-            frame = frame.f_back
-    finally:
-        del frame  # break the reference cycle a frame object creates
+    ``python -m monai.bundle`` (fire) takes ``--config_file "['train.json', 'overlay.json']"`` as a
+    list, and MONAI's ``ConfigParser.load_config_files`` splits a string with commas.
+    """
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            files = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            # fire also takes a list of bare words: [train.json, overlay.json]
+            files = [part.strip().strip("'\"") for part in value[1:-1].split(",")]
+        files = [str(f).strip() for f in (files if isinstance(files, (list, tuple)) else [files])]
+        files = [f for f in files if f]
+        return files[0] if files else None
+    if "," in value and not os.path.isfile(value):
+        value = value.split(",")[0].strip()
+    return value or None
+
+
+def config_file_from_argv(argv: Sequence[str] | None = None) -> str | None:
+    """The first config file given to the running command as ``--config_file X`` or ``--config_file=X``.
+
+    Args:
+        argv: the command line (default ``sys.argv``), e.g. that of
+            ``python -m monai.bundle run training --config_file bundles/b/configs/train.json``.
+
+    Returns:
+        The first config file as written (a list value gives its first file), or ``None`` when the
+        command line has no such option.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    for position, argument in enumerate(argv):
+        for option in _CONFIG_FILE_OPTIONS:
+            if argument == option and position + 1 < len(argv):
+                return _first_config_file(argv[position + 1])
+            if argument.startswith(option + "="):
+                return _first_config_file(argument[len(option) + 1:])
     return None
 
 
 def bundle_root(default: str | os.PathLike | None = None) -> str:
     """Absolute path of the bundle being run.
 
-    Looks, in order, at the config file parsed by the running ``monai.bundle`` command (``run``,
-    ``verify_net_in_out``, ``ckpt_export``...; its ``configs`` folder's parent), at ``default``, and
-    at the working directory when it holds a ``configs`` folder.
+    Looks, in order, at the first config file on the command line (``--config_file`` of
+    ``python -m monai.bundle run|verify_net_in_out|ckpt_export ...``: its ``configs`` folder's parent,
+    or its folder when that is not named ``configs``; a relative path is taken from the working
+    directory), at ``default``, and at the working directory when it holds a ``configs`` folder.
+    Code that runs a bundle config in-process (``ConfigWorkflow``, ``monai.bundle.run`` from Python,
+    ``ConfigParser``) has no such command line: it passes the ``bundle_root`` override instead, which
+    replaces this call altogether.
 
     Args:
-        default: the bundle folder to use when no ``monai.bundle`` command is parsing a config file
-            (e.g. a config read with ``ConfigParser`` directly).
+        default: the bundle folder to use when the command line names no config file.
 
     Returns:
         The absolute bundle folder.
@@ -89,17 +115,18 @@ def bundle_root(default: str | os.PathLike | None = None) -> str:
     Raises:
         FileNotFoundError: none of these gives a bundle folder; pass ``--bundle_root`` then.
     """
-    folder = _config_folder_in_stack()
-    if folder is not None:
-        return str(_root_of_config_folder(folder.resolve()))
+    config_file = config_file_from_argv()
+    if config_file is not None:
+        return str(_root_of_config_folder(Path(config_file).resolve().parent))
     if default is not None:
         return str(Path(default).resolve())
     cwd = Path.cwd()
     if (cwd / "configs").is_dir():
         return str(cwd.resolve())
     raise FileNotFoundError(
-        f"cannot tell which bundle is being run (no monai.bundle config file on the call stack and no "
-        f"'configs' folder in {cwd}); give it with --bundle_root <bundle folder>"
+        f"cannot tell which bundle is being run: the command line has no --config_file and {cwd} has no "
+        "'configs' folder; give the bundle folder with --bundle_root <bundle folder> (in Python: the "
+        "override bundle_root=<bundle folder>)"
     )
 
 
@@ -153,7 +180,7 @@ def _distributed_rank() -> int | None:
 def prepare_datalist(
     datalist: str | os.PathLike,
     modalities: Sequence[str] = (),
-    splits: Sequence[str] = ("training", "validation"),
+    splits: Sequence[str] = (dataset_keys.TRAINING, dataset_keys.VALIDATION),
     build_demo: bool = False,
     demo_dir: str | os.PathLike | None = None,
     demo_size: str = "full",
@@ -230,15 +257,14 @@ def _check_slice_list(datalist: Path, split: str, items: Sequence[Mapping[str, A
     """Every item of ``split`` lists ``<key>_slices`` files that exist (a pair key: not a declared modality)."""
     list_key = slices_key(key)
     for item in items:
-        subject = item.get("subject")
+        subject = item.get(dataset_keys.SUBJECT)
         files = item.get(list_key)
         if not isinstance(files, list) or not files:
             raise DatalistError(
                 datalist, f"subject {subject!r} in split {split!r} has no {list_key!r} (a non-empty list of slice files)"
             )
-        missing = [file for file in files if not os.path.isfile(file)]
-        if missing:
-            raise DatalistError(missing[0], f"{key} slice file of subject {subject!r} does not exist (listed in {datalist})")
+        for file in files:
+            resolve_item_path({list_key: file}, list_key, None, f"{key} slice file", subject, datalist)
 
 
 def resume_checkpoint(ckpt_dir: str | os.PathLike, resume: bool | str | os.PathLike = True,

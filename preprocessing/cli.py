@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The ``run`` command: check the arguments (usage errors exit 2), then preprocess the cohort."""
     from preprocessing.config import ConfigError, load_config
-    from preprocessing.errors import PreprocessingError
+    from medgan_common.errors import PreprocessingError
     from preprocessing.runner import STATUS_EXCLUDED, STATUS_FAILED, RunnerError, WorkerSettings, dask_pool, run_cohort
     from preprocessing.runner.pool import core_count
 

@@ -36,7 +36,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from scipy.interpolate import make_interp_spline
 
-from preprocessing.errors import GeometryError, InputReadError, SeriesSelectionError
+from medgan_common.errors import GeometryError, InputReadError, SeriesSelectionError
 
 logger = logging.getLogger(__name__)
 

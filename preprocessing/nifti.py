@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common.errors import InputReadError
 from preprocessing.dicom import to_canonical
-from preprocessing.errors import InputReadError
 
 __all__ = ["MR_MODALITIES", "find_mr_volumes", "parse_mr_filename", "read_nifti"]
 

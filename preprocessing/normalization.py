@@ -31,7 +31,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import ball, disk
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 from preprocessing.morphology import bounding_box, fill_holes
 from preprocessing.windowing import rescale_intensity
 

@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydicom
 
-from preprocessing.atomic import atomic_write_json
-from preprocessing.errors import PreprocessingError
+from medgan_common.atomic import atomic_write_json
+from medgan_common.errors import PreprocessingError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
 
 __all__ = [
     "SIDECAR_SUFFIX",

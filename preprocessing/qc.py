@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from preprocessing.atomic import atomic_path
+from medgan_common.atomic import atomic_path
 
 __all__ = ["RegistrationView", "artefact_montage", "checkerboard", "display_range", "registration_montage", "slice_strip"]
 

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from preprocessing.atomic import atomic_path, atomic_write_json
-from preprocessing.errors import PreprocessingError
+from medgan_common.atomic import atomic_path, atomic_write_json
+from medgan_common.errors import PreprocessingError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import ants

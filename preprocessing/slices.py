@@ -35,8 +35,8 @@ import SimpleITK as sitk
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize
 from monai.utils import convert_to_numpy
 
-from preprocessing.atomic import atomic_write_json, atomic_write_with
-from preprocessing.errors import InputReadError, PreprocessingError
+from medgan_common.atomic import atomic_write_json, atomic_write_with
+from medgan_common.errors import InputReadError, PreprocessingError
 from preprocessing.windowing import rescale_intensity
 
 PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}

@@ -30,25 +30,15 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Resized
 
-from modality_translation.data.datalist import (
-    DatalistError,
-    check_modality_name,
-    load_translation_datalist,
-    read_datalist,
-    slices_key,
-)
+from medgan_common.dataset_keys import SUBJECT, slice_index_key, slices_key
+from medgan_common.errors import GeometryError, InputReadError
+from modality_translation.data.datalist import DatalistError, check_modality_name, load_translation_datalist, read_datalist
 from modality_translation.inference.intensity import IntensityMapping
-from preprocessing.errors import GeometryError, InputReadError
 from preprocessing.slices import SliceGeometry, extract_slices, read_slice_index
 
 # Geometry written by the preprocessing (float64 JSON) and read back from a NIfTI header (float32
 # fields) differ by rounding only.
 _GRID_TOLERANCE_MM = 1e-3
-
-
-def slice_index_key(source: str) -> str:
-    """Datalist key of the slice index of ``source`` (``"t1"`` -> ``"t1_slice_index"``)."""
-    return f"{source}_slice_index"
 
 
 def _listed_path(base: Path, value: Any, subject: str, key: str, datalist: Path) -> Path:
@@ -248,7 +238,7 @@ def matched_slice_dataset(
     base = path.parent
     records = []
     for item, listed in zip(items, content[split]):
-        subject = item["subject"]
+        subject = item[SUBJECT]
         files = item.get(slices_key(source))
         if not isinstance(files, list) or not files:
             raise DatalistError(path, f"subject {subject!r} in split {split!r} has no {slices_key(source)!r} slice list")

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
 
+from medgan_common.dataset_keys import SUBJECT, slice_index_key, slices_key
 from modality_translation.data.datalist import (
     DatalistError,
     flatten_slices,
     load_translation_datalist,
     pair_slices,
-    slices_key,
 )
-from modality_translation.data.matched_slices import check_paired_slices, slice_index_key
+from modality_translation.data.matched_slices import check_paired_slices
 from modality_translation.data.transforms import (
     CYCLEGAN_JITTER_SCALE,
     translation_eval_transforms,
@@ -316,7 +316,7 @@ def _check_pair_grids(items: Items, source: str, target: str, target_key: str, b
     """Check every subject's pairs with the slice indexes (listed relative to the datalist's folder)."""
     index_keys = (slice_index_key(source), slice_index_key(target))
     for item in items:
-        subject = item.get("subject")
+        subject = item.get(SUBJECT)
         if not all(isinstance(item.get(key), str) for key in index_keys):
             if required:
                 missing = [key for key in index_keys if not isinstance(item.get(key), str)]

@@ -5,6 +5,7 @@ Bundle configs build them with ``_target_`` (e.g. ``"modality_translation.engine
 ``ValidationHandler``) unchanged, plus this package's checkpoint and image-grid handlers.
 """
 
+from medgan_common.host_memory import retain_freed_host_memory
 from modality_translation.engines.checkpoint import (
     AtomicDiskSaver,
     GlobalRNGState,
@@ -26,7 +27,6 @@ from modality_translation.engines.gan_trainer import (
     resolve_amp_dtype,
 )
 from modality_translation.engines.evaluator import UNIT_RANGE_SPAN, TranslationEvaluator, translation_metrics
-from modality_translation.host_memory import retain_freed_host_memory
 from modality_translation.engines.image_grid import (
     DEFAULT_ROWS,
     TranslationGridHandler,

@@ -44,7 +44,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 
-from preprocessing.atomic import atomic_write_with
+from medgan_common.atomic import atomic_write_with
 
 CHECKPOINT_PATTERN = "{filename_prefix}_epoch={global_step}.{ext}"
 

@@ -46,7 +46,7 @@ from monai.engines.workflow import Workflow
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modality_translation.host_memory import retain_freed_host_memory
+from medgan_common.host_memory import retain_freed_host_memory
 
 try:  # Ignite is a MONAI engine dependency; imported here for the event names only.
     from ignite.engine import Events
@@ -227,7 +227,7 @@ class GANTrainer(Trainer):
             each new batch shape or train/eval mode, waits for compilation (minutes on a 2-core
             CPU). On CPU it needs a C++ compiler.
         retain_host_memory: keep freed host memory in the process for the next iterations
-            (:func:`~modality_translation.host_memory.retain_freed_host_memory`, glibc only,
+            (:func:`~medgan_common.host_memory.retain_freed_host_memory`, glibc only,
             process-wide); default (``None``): when training on CPU, where it saves the page faults
             of every iteration's new activations.
         source_key: batch key of the source images.

@@ -26,7 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 from matplotlib.figure import Figure
 
-from preprocessing.atomic import atomic_write_with
+from medgan_common.atomic import atomic_write_with
 
 #: Rows of the grid when the engine declares none: (input, translated, reconstructed) of domain A,
 #: then of domain B (CycleGAN's, also those of a ``TranslationEvaluator`` with a reverse generator).

@@ -55,9 +55,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from modality_translation.data.datalist import MODALITY_ALIASES, ModalityMismatchError, check_modality_name, modality_of_key
+from medgan_common import dataset_keys
+from medgan_common.atomic import atomic_write_json
+from modality_translation.data.datalist import (
+    MODALITY_ALIASES,
+    ModalityMismatchError,
+    check_modality_name,
+    load_datalist_items,
+    modality_of_key,
+)
 from modality_translation.inference.intensity import IntensityMapping
-from modality_translation.inference.datalist_translation import load_datalist_items
 from modality_translation.inference.io import check_files_on_grid, read_volume
 from modality_translation.metrics import (
     DEMO_TISSUE_CLASSES,
@@ -74,7 +81,6 @@ from modality_translation.metrics import (
     write_metrics_report,
 )
 from modality_translation.networks.init import require_local_file
-from preprocessing.atomic import atomic_write_json
 
 
 FID_SKIPPED_NOTE = "FID skipped: no TorchScript Inception file configured (fid_model_path); nothing is downloaded"
@@ -137,9 +143,9 @@ def evaluate_translation(
     modality: str,
     pred_key: str = "pred",
     mask_key: str | None = None,
-    split: str = "test",
+    split: str = dataset_keys.TEST,
     base_dir: str | os.PathLike | None = None,
-    subject_key: str = "subject",
+    subject_key: str = dataset_keys.SUBJECT,
     preprocessing: Mapping[str, Any] | str | os.PathLike | None = None,
     intensity: IntensityMapping | Mapping[str, Any] | None = None,
     fid_model_path: str | os.PathLike | None = None,
@@ -190,8 +196,9 @@ def evaluate_translation(
         The summary written to ``summary_name``.
 
     Raises:
-        PreprocessingError: an empty or absent split, an item without a needed key.
-        InputReadError: a missing or unreadable file (named).
+        DatalistError: an empty or absent split, an item without its subject or a needed key, a
+            repeated subject (``load_datalist_items``, the reader of training and inference too).
+        DatalistFileError, InputReadError: a missing or unreadable file (named).
         GeometryError: a target or mask whose grid differs from the prediction's (both files named).
         FileNotFoundError, WeightsFileError: a configured FID model file that is missing or unusable.
         ModalityMismatchError: a target key or target file named as another modality than ``modality``.

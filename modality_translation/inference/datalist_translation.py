@@ -1,7 +1,10 @@
 """Translate a datalist split: every item's source volume to a file, and ``predictions.json`` for evaluation.
 
 Entry points (built from plain JSON with ``_target_``): :func:`translate_datalist` (a split ->
-translated files + ``predictions.json``) and :class:`TranslateVolumed` (one datalist item).
+translated files + ``predictions.json``) and :class:`TranslateVolumed` (one datalist item). The
+datalist is read by :func:`modality_translation.data.datalist.load_datalist_items`, the reader that
+training and evaluation use too (its module docstring states how paths, subjects and missing files
+are treated).
 """
 
 from __future__ import annotations
@@ -13,31 +16,17 @@ from typing import Any
 
 import SimpleITK as sitk
 from monai.config import KeysCollection
-from monai.data import load_decathlon_datalist
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
+from medgan_common import dataset_keys
+from medgan_common.atomic import atomic_write_json
+from modality_translation.data.datalist import load_datalist_items, resolve_item_path, subject_name
 from modality_translation.inference.dicom_output import write_dicom_series
 from modality_translation.inference.io import check_files_on_grid, read_volume
 from modality_translation.inference.translate import VolumeTranslator
-from preprocessing.atomic import atomic_write_json
-from preprocessing.errors import InputReadError, PreprocessingError
 
-
-def subject_name(item: Mapping[Hashable, Any], subject_key: str = "subject", fallback_key: Hashable | None = None) -> str:
-    """The subject of a datalist item: ``item[subject_key]``, else the stem of the file ``item[fallback_key]``.
-
-    Raises:
-        KeyError: neither key is in the item.
-    """
-    subject = item.get(subject_key)
-    if subject is None:
-        if fallback_key is None or fallback_key not in item:
-            raise KeyError(f"datalist item has no {subject_key!r} entry to name its subject: {dict(item)}")
-        return Path(str(item[fallback_key])).name.split(".")[0]
-    # load_decathlon_datalist turns every value naming an existing path into an absolute path, and a
-    # cohort has one folder per subject: keep the name only.
-    return Path(str(subject)).name
+__all__ = ["TranslateVolumed", "load_datalist_items", "resolve_item_path", "subject_name", "translate_datalist"]
 
 
 class TranslateVolumed(MapTransform):
@@ -63,7 +52,7 @@ class TranslateVolumed(MapTransform):
         output_dir: str | os.PathLike,
         output_keys: KeysCollection = "pred",
         mask_keys: KeysCollection | None = None,
-        subject_key: str = "subject",
+        subject_key: str = dataset_keys.SUBJECT,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -83,82 +72,6 @@ class TranslateVolumed(MapTransform):
         return d
 
 
-def load_datalist_items(
-    datalist: str | os.PathLike | Sequence[Mapping[str, Any]],
-    split: str = "test",
-    base_dir: str | os.PathLike | None = None,
-    path_keys: Mapping[str, str] | None = None,
-    subject_key: str = "subject",
-) -> list[dict[str, Any]]:
-    """The items of one split of a MONAI datalist, with their files checked and their subjects named.
-
-    Args:
-        datalist: a datalist JSON file (``monai.data.load_decathlon_datalist``) or a list of items.
-        split: the split of a datalist file.
-        base_dir: folder relative paths are relative to (default: the datalist file's folder).
-        path_keys: item key -> what the file is (for messages); each must name an existing file, and
-            is replaced by its absolute path.
-        subject_key: item key of the subject name; set on every item (see :func:`subject_name`, with
-            the first of ``path_keys`` as the fallback), and subjects must be unique.
-
-    Returns:
-        Copies of the items.
-
-    Raises:
-        InputReadError: a missing or unreadable datalist file, a missing file of ``path_keys``.
-        PreprocessingError: a split that is absent or empty, an item without a key, a repeated subject.
-    """
-    if isinstance(datalist, (str, os.PathLike)):
-        path = Path(datalist)
-        if not path.is_file():
-            raise InputReadError(path, "datalist file does not exist")
-        try:
-            items = load_decathlon_datalist(path, is_segmentation=False, data_list_key=split, base_dir=base_dir)
-        except ValueError as exc:
-            raise PreprocessingError(path, f"datalist has no split {split!r}") from exc
-        except (OSError, TypeError) as exc:
-            raise InputReadError(path, f"cannot read the datalist: {exc}") from exc
-        if not items:
-            raise PreprocessingError(path, f"datalist split {split!r} is empty")
-        base_dir = path.parent if base_dir is None else base_dir
-    else:
-        items = list(datalist)
-        if not items:
-            raise PreprocessingError(None, f"datalist split {split!r} is empty: no item to process")
-    base = None if base_dir is None else Path(base_dir)
-    path_keys = dict(path_keys or {})
-    checked = []
-    for item in items:
-        item = dict(item)
-        subject = subject_name(item, subject_key, next(iter(path_keys), None))
-        for key, what in path_keys.items():
-            item[key] = str(resolve_item_path(item, key, base, what, subject))
-        item[subject_key] = subject
-        checked.append(item)
-    subjects = [item[subject_key] for item in checked]
-    repeated = sorted({s for s in subjects if subjects.count(s) > 1})
-    if repeated:
-        raise PreprocessingError(None, f"subjects listed more than once in split {split!r}: {', '.join(repeated)}")
-    return checked
-
-
-def resolve_item_path(item: Mapping[str, Any], key: str, base_dir: Path | None, what: str, subject: str) -> Path:
-    """The existing file ``item[key]`` (relative paths against ``base_dir``).
-
-    Raises:
-        PreprocessingError: the item has no ``key``.
-        InputReadError: the file does not exist (named with ``what``, the key and the subject).
-    """
-    if key not in item:
-        raise PreprocessingError(None, f"datalist item of subject {subject!r} has no {key!r} ({what})")
-    path = Path(item[key])
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    if not path.is_file():
-        raise InputReadError(path, f"{what} ({key!r} of subject {subject!r}) does not exist")
-    return path
-
-
 def translate_datalist(
     translator: VolumeTranslator,
     datalist: str | os.PathLike | Sequence[Mapping[str, Any]],
@@ -166,9 +79,9 @@ def translate_datalist(
     source_key: str,
     output_key: str = "pred",
     mask_key: str | None = None,
-    split: str = "test",
+    split: str = dataset_keys.TEST,
     base_dir: str | os.PathLike | None = None,
-    subject_key: str = "subject",
+    subject_key: str = dataset_keys.SUBJECT,
     write_dicom: bool = False,
     dicom_series_description: str | None = None,
     predictions_file: str = "predictions.json",
@@ -203,8 +116,8 @@ def translate_datalist(
         The output items.
 
     Raises:
-        InputReadError, PreprocessingError, GeometryError: before any work, for a missing file or key,
-            an empty split or a mask on another grid.
+        DatalistFileError, DatalistError, GeometryError: before any work, for a missing file or key,
+            an empty split, an item without its subject, a repeated subject or a mask on another grid.
         IntensityMismatchError: before any work, a volume whose values cannot be of the source
             modality (e.g. a CT in HU listed as the T2 of an MR -> CT model), the file named.
     """

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from preprocessing.errors import InputReadError, PreprocessingError
+from medgan_common import dataset_keys
+from medgan_common.errors import InputReadError, PreprocessingError
 from preprocessing.normalization import head_mask_ct, head_mask_mr, percentile_normalize, zscore_normalize
 from preprocessing.windowing import WindowSpec, get_window, hu_to_window, window_to_hu
 
@@ -157,10 +158,10 @@ class IntensityMapping:
             config = _read_mapping(config)
         ct = dict(config.get("ct") or {})
         mr = dict(config.get("mr") or {})
-        if isinstance(config.get("ct_window"), Mapping):  # dataset.json
-            window = config["ct_window"]
+        if isinstance(config.get(dataset_keys.CT_WINDOW), Mapping):  # dataset.json
+            window = config[dataset_keys.CT_WINDOW]
             ct = {"window": {"center": window["center"], "width": window["width"]}, "out_range": window.get("out_range")}
-        normalization = config.get("normalisation") or mr.get("normalization")
+        normalization = config.get(dataset_keys.NORMALISATION) or mr.get("normalization")
         is_ct = str(modality).strip().lower() == "ct"
         recorded = ct.get("out_range") if is_ct else (normalization or {}).get("out_range")
         kwargs: dict[str, Any] = {"out_range": recorded or (-1.0, 1.0), "on_network_scale": on_network_scale}

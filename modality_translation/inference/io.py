@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from preprocessing.atomic import atomic_write_with
-from preprocessing.errors import GeometryError, InputReadError
+from medgan_common.atomic import atomic_write_with
+from medgan_common.errors import GeometryError, InputReadError
 
 
 _LPS = axcodes2ornt(("L", "P", "S"))

@@ -28,11 +28,11 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from torch import nn
 
+from medgan_common.errors import GeometryError
 from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.io import GRID_TOLERANCE_MM, check_files_on_grid, read_volume, write_volume_like
 from modality_translation.inference.weights import check_neighbours, read_network_weights, resolve_device
 from modality_translation.networks.init import load_checked_state_dict
-from preprocessing.errors import GeometryError
 from preprocessing.slices import AxisSpec, extract_slices, paste_slices
 
 

@@ -1,6 +1,6 @@
 """Evaluation report: per-subject metrics as CSV and their summary statistics as JSON.
 
-Both files are written atomically (:mod:`preprocessing.atomic`), so an interrupted evaluation never
+Both files are written atomically (:mod:`medgan_common.atomic`), so an interrupted evaluation never
 leaves a truncated report under its final name.
 
 The summary gives, per metric, the mean, the sample standard deviation (``ddof=1``, as results are
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from preprocessing.atomic import atomic_write_json, atomic_write_text
+from medgan_common.atomic import atomic_write_json, atomic_write_text
 
 
 def _metric_names(rows: Sequence[Mapping[str, Any]], subject_key: str) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 

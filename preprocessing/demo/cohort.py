@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from preprocessing.atomic import atomic_write_json, atomic_write_with
+from medgan_common.atomic import atomic_write_json, atomic_write_with
 from preprocessing.demo import anatomy, appearance, template_anatomy, tissue_physics
 from preprocessing.demo.dicom_export import StudyIdentity, write_axial_series, write_localizer
 from preprocessing.demo.grid import Grid

@@ -13,7 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from preprocessing.atomic import atomic_write_with
+from medgan_common.atomic import atomic_write_with
 from preprocessing.demo.grid import Grid
 
 RESCALE_INTERCEPT = -1024.0

@@ -12,7 +12,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from preprocessing.atomic import atomic_write_with  # noqa: E402
+from medgan_common.atomic import atomic_write_with  # noqa: E402
 from preprocessing.demo.anatomy import VENTRICLE  # noqa: E402
 from preprocessing.demo.grid import grid_from_affine_ras, grid_from_sitk, resample_to_grid  # noqa: E402
 

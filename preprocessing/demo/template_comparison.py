@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from preprocessing.atomic import atomic_write_with  # noqa: E402
+from medgan_common.atomic import atomic_write_with  # noqa: E402
 from preprocessing.demo import appearance  # noqa: E402
 from preprocessing.demo.anatomy import VENTRICLE  # noqa: E402
 from preprocessing.demo.cohort import cohort_geometry, subject_rng, supersampled_grid  # noqa: E402

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from preprocessing.atomic import atomic_write_with
-from preprocessing.errors import PreprocessingError
+from medgan_common.atomic import atomic_write_with
+from medgan_common.errors import PreprocessingError
 from preprocessing.provenance import file_sha256, files_sha256
 from preprocessing.pseudonym import Redactor
 

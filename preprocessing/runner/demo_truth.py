@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
+
 __all__ = ["TRUTH_MODALITIES", "grid_image", "pair_landmark_errors", "raw_grid", "truth_volumes"]
 
 #: Modalities whose truth the demo cohort holds (``truth/<subject>/<modality>.nii.gz``).
@@ -38,7 +40,7 @@ def pair_landmark_errors(output: Path, entry: dict, truth: Path, key: str) -> tu
     landmarks = json.loads((truth / "landmarks.json").read_text())
     names = sorted(landmarks[fixed])
     in_fixed, in_moving = (np.array([landmarks[m][n] for n in names]) for m in (fixed, moving))
-    manifest = output / entry[f"{key}_transforms"]
+    manifest = output / entry[keys.transforms_key(key)]
     transforms = [str(manifest.parent / name) for name in json.loads(manifest.read_text())["forward_transforms"]]
     mapped = ants.apply_transforms_to_points(3, pd.DataFrame(in_fixed, columns=list("xyz")), transforms)
     return (np.linalg.norm(mapped[list("xyz")].to_numpy() - in_moving, axis=1),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocessing.errors import InputReadError
+from medgan_common.errors import InputReadError
 from preprocessing.nifti import parse_mr_filename
 from preprocessing.pseudonym import Redactor, pseudonymise_all
 from preprocessing.runner.common import NIFTI_SUFFIXES

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common.errors import GeometryError
 from preprocessing.dicom import to_canonical
-from preprocessing.errors import GeometryError
 from preprocessing.nifti import read_nifti
 from preprocessing.registration import RegistrationResult, apply_transforms, save_transforms
 from preprocessing.runner.common import NIFTI_SUFFIXES, jsonable, like

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
 from preprocessing.runner.common import RunnerError, relative
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def complete(output: Path, subject: str, key: str) -> dict | None:
 
 
 def remove_stray_temporaries(output: Path) -> None:
-    """Temporary files of a killed run or worker (see preprocessing.atomic) are garbage: remove them."""
+    """Temporary files of a killed run or worker (see medgan_common.atomic) are garbage: remove them."""
     for path in output.rglob(".tmp-*"):
         if path.is_file():
             path.unlink(missing_ok=True)

@@ -78,7 +78,7 @@ def prepare_worker(settings: WorkerSettings) -> None:
     if _prepared is not None:
         raise RunnerError(f"this worker process already runs ANTs with {_prepared.threads} thread(s) and seed "
                           f"{_prepared.seed}; restart the workers to run with {settings.threads} and {settings.seed}")
-    from modality_translation.host_memory import retain_freed_host_memory
+    from medgan_common.host_memory import retain_freed_host_memory
 
     retain_freed_host_memory()
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

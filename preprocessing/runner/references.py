@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
 from preprocessing.config import output_min_spacing, registration_config, to_common_space_config
 from preprocessing.provenance import code_version, file_sha256, input_record, write_sidecar
 from preprocessing.registration import (

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import atomic_write_json, atomic_write_text
+from medgan_common import dataset_keys as keys
+from medgan_common.atomic import atomic_write_json, atomic_write_text
 from preprocessing.provenance import input_record, write_sidecar
 from preprocessing.runner.common import STATUS_EXCLUDED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STEPS
 from preprocessing.runner.discovery import CohortInputs
@@ -28,7 +29,7 @@ def split_subjects(subjects: list[str], fractions: Mapping[str, float], seed: in
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}``, each list sorted.
     """
-    names = ("training", "validation", "test")
+    names = keys.SPLITS
     order = sorted(subjects)
     np.random.default_rng(seed).shuffle(order)
     n = len(order)
@@ -95,33 +96,33 @@ def write_cohort_outputs(config: dict, config_hash: str, inputs: CohortInputs, r
     for subject in usable:
         entry = results[subject]["entry"]
         for key in entry:
-            if key.endswith("_slice_index") and key[: -len("_slice_index")] not in slice_sizes:
+            owner = keys.slice_index_owner(key)
+            if owner is not None and owner not in slice_sizes:
                 index = json.loads((output / entry[key]).read_text())
                 if index["slices"]:
-                    slice_sizes[key[: -len("_slice_index")]] = index["slices"][0]["geometry"]["output_shape"]
+                    slice_sizes[owner] = index["slices"][0]["geometry"]["output_shape"]
     pairing, ct_pairing = config["pairing"], config["ct_pairing"]
-    pairs = {f"{m}_in_{pairing['fixed']}": [m, pairing["fixed"]] for m in pairing["moving"]} if pairing["enabled"] else {}
+    pairs = ({keys.pair_key(m, pairing["fixed"]): [m, pairing["fixed"]] for m in pairing["moving"]}
+             if pairing["enabled"] else {})
     if ct_pairing["enabled"] and "ct" in modalities:
-        pairs.update({f"ct_in_{m}": ["ct", m] for m in ct_pairing["fixed"] if m in modalities})
+        pairs.update({keys.pair_key("ct", m): ["ct", m] for m in ct_pairing["fixed"] if m in modalities})
     datalist = {
-        "name": config["name"],
-        "description": config["description"] or f"preprocessed with the '{config['name']}' configuration",
-        "config": config["name"],
-        "config_sha256": config_hash,
-        "modalities": modalities,
-        "pairs": pairs,
-        "ct_window": {**get_window(config["ct"]["window"]).to_dict(), "out_range": config["ct"]["out_range"],
-                      "volumes": "ct: windowed, ct_hu: Hounsfield units"} if "ct" in modalities else None,
-        "normalisation": config["mr"]["normalization"],
-        "slice_axis": config["slices"]["axis"],
-        "slice_size": slice_sizes,
-        "references": {m: {k: v for k, v in r.items() if k in ("kind", "subject", "file")} for m, r in references.items()},
-        "numTraining": len(splits["training"]),
-        "numValidation": len(splits["validation"]),
-        "numTest": len(splits["test"]),
+        keys.NAME: config["name"],
+        keys.DESCRIPTION: config["description"] or f"preprocessed with the '{config['name']}' configuration",
+        keys.CONFIG: config["name"],
+        keys.CONFIG_SHA256: config_hash,
+        keys.MODALITIES: modalities,
+        keys.PAIRS: pairs,
+        keys.CT_WINDOW: {**get_window(config["ct"]["window"]).to_dict(), "out_range": config["ct"]["out_range"],
+                         "volumes": "ct: windowed, ct_hu: Hounsfield units"} if "ct" in modalities else None,
+        keys.NORMALISATION: config["mr"]["normalization"],
+        keys.SLICE_AXIS: config["slices"]["axis"],
+        keys.SLICE_SIZE: slice_sizes,
+        keys.REFERENCES: {m: {k: v for k, v in r.items() if k in keys.REFERENCE_FIELDS} for m, r in references.items()},
+        **{count: len(splits[name]) for name, count in keys.SPLIT_COUNTS.items()},
         **{name: [results[s]["entry"] for s in members] for name, members in splits.items()},
     }
-    dataset_path = output / "dataset.json"
+    dataset_path = output / keys.DATALIST_FILE
     atomic_write_json(dataset_path, datalist)
     markers = [input_record(output / "subjects" / s / f"{s}_subject.json", f"subjects/{s}/{s}_subject.json",
                             "subject record") for s in usable]

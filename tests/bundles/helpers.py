@@ -195,7 +195,7 @@ def verify_metadata_and_network_shapes(configs: Path) -> None:
     """``metadata.json`` against the MONAI bundle schema, and the default network against its data format."""
     verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(SCHEMA))
     verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "train.json"), device="cpu")
+                      config_file=str(configs / "train.json"), device="cpu", bundle_root=str(configs.parent))
 
 
 def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path, **overrides) -> torch.jit.ScriptModule:
@@ -206,7 +206,7 @@ def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path,
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(models / "model.pt"),
                 key_in_ckpt=key, meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
                 use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE,
-                generator_channels=TINY_NETWORKS["generator_channels"], **overrides)
+                generator_channels=TINY_NETWORKS["generator_channels"], bundle_root=str(configs.parent), **overrides)
     return torch.jit.load(str(exported))
 
 
@@ -223,7 +223,7 @@ def tiny_training_workflow(configs: Path, dataset: Path, folder: Path, **overrid
     """A bundle's tiny training workflow on ``dataset``, writing under ``folder``, initialised, with the
     model zoo's training properties checked."""
     workflow = ConfigWorkflow(config_file=str(configs / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(dataset), ckpt_dir=str(folder / "models"),
+                              bundle_root=str(configs.parent), dataset_dir=str(dataset), ckpt_dir=str(folder / "models"),
                               output_dir=str(folder / "eval"), **{**TINY_TRAINING, **overrides})
     workflow.initialize()
     assert workflow.check_properties() == []
@@ -278,7 +278,8 @@ def fail_before_training(configs: Path, tmp_path: Path, **overrides) -> BaseExce
     arguments = {**TINY_TRAINING, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"),
                  **overrides}
     with pytest.raises(Exception) as failure:
-        run_in_process("training", config_file=str(configs / "train.json"), logging_file=False, **arguments)
+        run_in_process("training", config_file=str(configs / "train.json"), logging_file=False,
+                       bundle_root=str(configs.parent), **arguments)
     assert not (tmp_path / "models").exists(), "training started before the error"
     return root_cause(failure.value)
 

@@ -144,7 +144,7 @@ def test_without_the_perceptual_term_no_weights_file_is_needed(demo_dataset, tmp
     """``--perceptual_weight 0``: SSIM cycle loss only, and a missing VGG19 file is then no error."""
     monkeypatch.chdir(tmp_path)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), vgg19_weights=str(tmp_path / "absent.pth"),
+                              bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), vgg19_weights=str(tmp_path / "absent.pth"),
                               perceptual_weight=0.0, ckpt_dir=str(tmp_path / "models"),
                               output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
     workflow.initialize()
@@ -185,7 +185,7 @@ def test_inference_of_a_volume_of_the_wrong_modality_fails_before_translating(de
     copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", t2_as_ct)
     with pytest.raises(Exception) as failure:
         run_in_process("inference", config_file=str(CONFIGS / "inference.json"), logging_file=False,
-                       dataset_dir=str(copy.parent), ckpt_dir=str(folder / "models"),
+                       bundle_root=str(BUNDLE), dataset_dir=str(copy.parent), ckpt_dir=str(folder / "models"),
                        output_dir=str(tmp_path / "eval"), **TINY_NETWORKS)
     error = root_cause(failure.value)
     assert isinstance(error, ModalityMismatchError) and "named as a T2 image but is used as CT" in str(error)

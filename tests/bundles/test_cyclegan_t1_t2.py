@@ -1,6 +1,7 @@
 """The T1 <-> T2 CycleGAN bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
 
 import re
+import sys
 
 import pytest
 import torch
@@ -113,6 +114,8 @@ def test_metadata_network_shapes_and_export(trained, tmp_path):
 @pytest.mark.parametrize("cwd, config_file", [(REPO_ROOT, TRAIN_CONFIG), (BUNDLE, "configs/train.json")])
 def test_bundle_root_and_default_paths_from_repository_and_bundle_folder(monkeypatch, cwd, config_file):
     monkeypatch.chdir(cwd)
+    # The command line of python -m monai.bundle run ... --config_file <config_file>, where bundle_root() reads it.
+    monkeypatch.setattr(sys, "argv", ["monai/bundle/__main__.py", "run", "--config_file", config_file])
     workflow = ConfigWorkflow(config_file=config_file, logging_file=False, init_id="none", run_id="ckpt_dir")
     workflow.initialize()
     assert workflow.run() == [str(BUNDLE / "models")]
@@ -161,7 +164,7 @@ def test_volume_of_the_wrong_modality_fails_before_training(demo_dataset, tmp_pa
 def test_inference_without_trained_weights_fails_before_translating(demo_dataset, tmp_path):
     with pytest.raises(Exception) as failure:
         run_in_process("inference", config_file=str(CONFIGS / "inference.json"), logging_file=False,
-                       dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                       bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
                        output_dir=str(tmp_path / "eval"))
     error = root_cause(failure.value)
     assert isinstance(error, FileNotFoundError) and error.filename == str(tmp_path / "models" / "model.pt")

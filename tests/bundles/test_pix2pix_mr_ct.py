@@ -14,10 +14,10 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.bundle import run as run_in_process
 
+from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
 from modality_translation.inference import IntensityMismatchError
-from preprocessing.errors import GeometryError
 from tests.bundles.helpers import (
     BUNDLES,
     TINY_NETWORKS,
@@ -88,7 +88,7 @@ def test_validation_scores_in_hu_through_the_recorded_windows_inverse(demo_datas
     0.1 x width / 2 HU (150 HU for the demo window of width 3000) wherever both images lie inside the window."""
     monkeypatch.chdir(tmp_path)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), logging_file=False, workflow_type="train",
-                              dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                              bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
                               output_dir=str(tmp_path / "eval"), **TINY_TRAINING)
     workflow.initialize()
     parser = workflow.parser
@@ -192,7 +192,7 @@ def test_evaluation_against_the_subjects_own_ct_without_labels(demo_dataset, inf
     """A cohort without truth (SynthRAD2023): the registered CT in HU as the target, no tissue classes."""
     shutil.copytree(inferred / "t2_to_ct", tmp_path / "t2_to_ct")
     run_in_process("evaluate", config_file=str(CONFIGS / "evaluate.json"), logging_file=False,
-                   dataset_dir=str(demo_dataset), output_dir=str(tmp_path), target_key="ct_in_t2_hu", labels_key="$None")
+                   bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), output_dir=str(tmp_path), target_key="ct_in_t2_hu", labels_key="$None")
     rows, summary = read_metrics(tmp_path / "t2_to_ct")
     assert list(rows[0]) == ["subject", "mae_hu", "psnr_db", "ssim", "ssim_masked"]
     assert summary["evaluation"]["target_key"] == "ct_in_t2_hu" and "tissue_classes" not in summary["evaluation"]
@@ -267,7 +267,7 @@ def run_inference_in_process(dataset_dir, folder, output_dir, **overrides):
     """Inference of the trained tiny generator in-process; the root cause of its failure."""
     with pytest.raises(Exception) as failure:
         run_in_process("inference", config_file=str(CONFIGS / "inference.json"), logging_file=False,
-                       dataset_dir=str(dataset_dir), ckpt_dir=str(folder / "models"), output_dir=str(output_dir),
+                       bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir), ckpt_dir=str(folder / "models"), output_dir=str(output_dir),
                        **{**TINY_NETWORKS, **overrides})
     assert not output_dir.exists(), "inference wrote outputs before the error"
     return root_cause(failure.value)
@@ -311,7 +311,7 @@ def test_a_ct_given_as_the_mr_input_fails_before_translating(demo_dataset, train
 def test_evaluation_against_an_mr_target_fails_before_any_metric(demo_dataset, inferred, tmp_path):
     with pytest.raises(Exception) as failure:
         run_in_process("evaluate", config_file=str(CONFIGS / "evaluate.json"), logging_file=False,
-                       dataset_dir=str(demo_dataset), output_dir=str(inferred), target_key="truth_t1_in_t2")
+                       bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), output_dir=str(inferred), target_key="truth_t1_in_t2")
     error = root_cause(failure.value)
     assert isinstance(error, ModalityMismatchError)
     assert "target_key 'truth_t1_in_t2' holds a T1 image, but the evaluation's target modality is CT" in str(error)

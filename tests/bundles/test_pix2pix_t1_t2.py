@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
+from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError
 from modality_translation.engines import checkpoint_path
-from preprocessing.errors import GeometryError
 from tests.bundles.helpers import (
     BUNDLES,
     assert_killed_training_resumes_exactly,

@@ -2,15 +2,22 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
-from modality_translation.bundle_support import bundle_root, prepare_datalist, require_modality, resume_checkpoint
+from medgan_common.errors import PreprocessingError
+from modality_translation.bundle_support import (
+    bundle_root,
+    config_file_from_argv,
+    prepare_datalist,
+    require_modality,
+    resume_checkpoint,
+)
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
-from preprocessing.errors import PreprocessingError
 from tests.modality_translation.data.cohort import edit_datalist, write_cohort
 
 
@@ -27,40 +34,69 @@ def write_bundle(root):
     return root
 
 
-def test_bundle_root_is_the_config_files_bundle_from_any_working_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("argv, expected", [
+    (["monai/bundle/__main__.py", "run", "training", "--config_file", "b/configs/train.json"], "b/configs/train.json"),
+    (["monai/bundle/__main__.py", "run", "--config_file=b/configs/train.json", "--x", "1"], "b/configs/train.json"),
+    (["m", "run", "--config-file", "b/configs/train.json"], "b/configs/train.json"),
+    (["m", "run", "--config_file", "['b/configs/train.json', 'b/configs/ablation/row1.json']"], "b/configs/train.json"),
+    (["m", "run", '--config_file=["b/configs/train.json","b/overlay.json"]'], "b/configs/train.json"),
+    (["m", "run", "--config_file", "[b/configs/train.json, b/overlay.json]"], "b/configs/train.json"),
+    (["m", "run", "--config_file", "b/configs/train.json,b/overlay.json"], "b/configs/train.json"),
+    (["m", "run", "training", "--dataset_dir", "data"], None),
+    (["m", "run", "--config_file"], None),
+])
+def test_config_file_from_argv_reads_every_form_monai_bundle_accepts(argv, expected):
+    assert config_file_from_argv(argv) == expected
+
+
+def test_bundle_root_is_the_command_lines_config_files_bundle_from_any_working_directory(tmp_path, monkeypatch):
     bundle = write_bundle(tmp_path / "repo" / "bundles" / "demo_bundle")
     for cwd, config_file in ((tmp_path / "repo", "bundles/demo_bundle/configs/train.json"),
                              (bundle, "configs/train.json"),
                              (tmp_path, str(bundle / "configs" / "train.json"))):
         monkeypatch.chdir(cwd)
-        workflow = ConfigWorkflow(config_file=config_file, logging_file=False, meta_file=None, workflow_type=None)
-        workflow.initialize()
-        assert workflow.run() == [str(bundle / "models")]
+        for argv in (["monai/bundle/__main__.py", "run", "--config_file", config_file],
+                     ["monai/bundle/__main__.py", "run", f"--config_file=['{config_file}', 'other/overlay.json']"]):
+            monkeypatch.setattr(sys, "argv", argv)
+            assert bundle_root() == str(bundle)
+            # The same value through a config, as python -m monai.bundle parses it.
+            workflow = ConfigWorkflow(config_file=config_file, logging_file=False, meta_file=None, workflow_type=None)
+            workflow.initialize()
+            assert workflow.run() == [str(bundle / "models")]
+    # A config file outside a "configs" folder: its own folder is the bundle.
+    monkeypatch.setattr(sys, "argv", ["m", "run", "--config_file", str(tmp_path / "loose.json")])
+    assert bundle_root(default=bundle) == str(tmp_path)
 
 
-def test_bundle_root_seen_by_monai_bundle_entry_points_that_parse_without_a_workflow(tmp_path, monkeypatch):
+def test_bundle_root_in_process_is_the_override(tmp_path, monkeypatch):
     bundle = write_bundle(tmp_path / "bundle")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), logging_file=False, meta_file=None,
+                              workflow_type=None, bundle_root=str(bundle))
+    workflow.initialize()
+    assert workflow.run() == [str(bundle / "models")]
+    # Without the override nothing public names the bundle: a clear error, not the working directory.
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), logging_file=False, meta_file=None,
+                              workflow_type=None)
+    with pytest.raises(Exception) as failure:
+        workflow.initialize()
+        workflow.run()
+    cause = failure.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, FileNotFoundError) and "--bundle_root" in str(cause)
 
-    def parse(config_file_):  # the local name monai.bundle's verify_net_in_out / ckpt_export use
-        parser = ConfigParser()
-        parser.read_config(config_file_)
-        return parser.get_parsed_content("bundle_root")
 
-    # The same code run with monai.bundle.scripts' globals stands for one of its entry points.
-    import monai.bundle.scripts as scripts
-
-    entry = type(parse)(parse.__code__, vars(scripts), "entry")
-    assert entry(str(bundle / "configs" / "train.json")) == str(bundle)
-
-
-def test_bundle_root_outside_monai_bundle_uses_default_then_working_directory(tmp_path, monkeypatch):
+def test_bundle_root_without_command_line_uses_default_then_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
     assert bundle_root(default=tmp_path) == str(tmp_path.resolve())
     bundle = write_bundle(tmp_path / "bundle")
     monkeypatch.chdir(bundle)
     assert bundle_root() == str(bundle.resolve())
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+    with pytest.raises(FileNotFoundError, match=r"has no --config_file and .* has no 'configs' folder; give the "
+                                                r"bundle folder with --bundle_root"):
         bundle_root()
 
 
@@ -83,7 +119,7 @@ def test_prepare_datalist_checks_slice_lists_of_registered_pairs(tmp_path):
     content = json.loads(datalist.read_text())
     missing = tmp_path / "cohort" / content["validation"][0]["t2_in_t1_slices"][1]
     missing.unlink()
-    with pytest.raises(DatalistError, match=rf"{missing}: t2_in_t1 slice file of subject 'sub-003' does not exist"):
+    with pytest.raises(DatalistError, match=rf"{missing}: t2_in_t1 slice file \('t2_in_t1_slices' of subject 'sub-003'\) does not exist"):
         prepare_datalist(datalist, ("t1",), slice_keys=("t2_in_t1",))
     edit_datalist(datalist, lambda content: content["training"][1].pop("t2_in_t1_slices"))
     with pytest.raises(DatalistError, match="subject 'sub-002' in split 'training' has no 't2_in_t1_slices'"):

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from medgan_common.errors import GeometryError, InputReadError, SeriesSelectionError
 from preprocessing.dicom import (
     DEFAULT_READ_CONFIG,
     SUPPORTED_TRANSFER_SYNTAXES,
@@ -22,7 +23,6 @@ from preprocessing.dicom import (
     select_series,
     to_canonical,
 )
-from preprocessing.errors import GeometryError, InputReadError, SeriesSelectionError
 from tests.preprocessing.dicom_factory import (
     AXIAL,
     PATIENT_TAGS,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from preprocessing.errors import InputReadError
+from medgan_common.errors import InputReadError
 from preprocessing.nifti import find_mr_volumes, parse_mr_filename, read_nifti
 
 SHAPE = (20, 24, 16)  # nibabel order (i, j, k)

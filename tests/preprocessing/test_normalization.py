@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 from preprocessing.normalization import (
     MRHeadMask,
     MRHeadMaskd,

@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medgan_common.errors import PreprocessingError
 from preprocessing import registration
-from preprocessing.errors import PreprocessingError
 from preprocessing.registration import (
     RegistrationConfig,
     RegistrationResult,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from preprocessing.errors import InputReadError, PreprocessingError
+from medgan_common.errors import InputReadError, PreprocessingError
 from preprocessing.slices import (
     SliceGeometry,
     SliceSelection,

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from medgan_common import dataset_keys as keys
 from preprocessing.provenance import input_record
 from preprocessing.pseudonym import Redactor
 from preprocessing.runner.common import STATUS_FAILED, STATUS_OK, read_image, reason
@@ -93,7 +94,7 @@ def _process_subject(job: dict, folder: Path, timer: Timer) -> tuple[dict, dict]
     values = run_steps(PIPELINE, context, {
         "raw": {m: read_image(cache / f"{m}.nii") for m in job["modalities"]},
         "given": given,
-        "entry": {"subject": job["subject"]},
+        "entry": {keys.SUBJECT: job["subject"]},
         "registration": {},
     })
     metrics: dict[str, Any] = {"registration": values["registration"]}

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import SimpleITK as sitk
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 from preprocessing.provenance import input_record, write_sidecar
 from preprocessing.runner.common import jsonable, relative, write_image
 from preprocessing.runner.imaging import check_one_grid

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.provenance import input_record
 from preprocessing.runner.common import like, read_image
 from preprocessing.runner.imaging import apply_mask, carried_mask
@@ -82,5 +83,6 @@ class MaskAndWindowCT(Step):
                 path = artefact_montage(*shown, context.folder / "qc" / f"{name}_artefact.png",
                                         title=f"{name}: CT artefact mask")
                 writer.track(path, "qc", [writer.record(mask_path, "keep mask")], {})
-        entry = {"ct": writer.relative(ct_path), "ct_hu": writer.relative(hu_path), "ct_mask": writer.relative(mask_path)}
+        entry = {"ct": writer.relative(ct_path), keys.hu_key("ct"): writer.relative(hu_path),
+                 keys.mask_key("ct"): writer.relative(mask_path)}
         return {"volumes": {"ct": windowed}, "masks": {"ct": keep}, "entry": entry}

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.runner.common import like
 from preprocessing.runner.imaging import carried_mask
 from preprocessing.runner.steps.base import Step, SubjectContext, delivered_mask, transform_names
@@ -61,6 +62,6 @@ class NormaliseMR(Step):
                                     context.raw_inputs[modality] + [writer.record(mask_path, "head mask")],
                                     {"normalization": normalization,
                                      "transforms": transform_names(values["forward"], modality)})
-            made["entry"].update({modality: writer.relative(path), f"{modality}_mask": writer.relative(mask_path)})
+            made["entry"].update({modality: writer.relative(path), keys.mask_key(modality): writer.relative(mask_path)})
             made["volumes"][modality], made["masks"][modality] = normalised, mask
         return made

@@ -8,6 +8,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.config import pairing_config
 from preprocessing.registration import register
 from preprocessing.runner.imaging import by_position, save_transforms_reproducibly, warp
@@ -34,7 +35,7 @@ class PairWithinSubject(Step):
         config = pairing_config(context.config)
         made: dict[str, dict[str, Any]] = {key: {} for key in self.writes}
         for moving in (m for m in pairing["moving"] if m in context.modalities):
-            key, prefix = f"{moving}_in_{fixed}", f"{moving}_to_{fixed}_"
+            key, prefix = keys.pair_key(moving, fixed), f"{moving}_to_{fixed}_"
             with context.timer(f"pair.{moving}"):
                 result = save_transforms_reproducibly(register(raw[moving], raw[fixed], config), context.transforms,
                                                       prefix)
@@ -46,12 +47,12 @@ class PairWithinSubject(Step):
                 chain = values["forward"][fixed] + list(result.forward_transforms)
                 paired = warp(raw[moving], registered[fixed], chain, "linear", 0.0)
                 normalised = normalise(paired, sitk.GetArrayFromImage(values["masks"][fixed]) > 0, normalization)
-                mask_record = writer.record(context.output / values["entry"][f"{fixed}_mask"], "head mask")
+                mask_record = writer.record(context.output / values["entry"][keys.mask_key(fixed)], "head mask")
                 path = writer.image(normalised, f"{name}_{key}.nii.gz", "pair",
                                     context.raw_inputs[moving] + [mask_record],
                                     {"normalization": normalization, "transforms": [Path(t).name for t in chain]})
-            made["entry"].update({key: writer.relative(path), f"{key}_mask": values["entry"][f"{fixed}_mask"],
-                                  f"{key}_transforms": writer.relative(context.transforms / f"{prefix}transforms.json")})
+            made["entry"].update({key: writer.relative(path), keys.mask_key(key): values["entry"][keys.mask_key(fixed)],
+                                  keys.transforms_key(key): writer.relative(context.transforms / f"{prefix}transforms.json")})
             made["volumes"][key], made["masks"][key] = normalised, values["masks"][fixed]
             view = f"{moving} -> own {fixed}"
             made["qc_views"][view] = RegistrationView(view, registered[fixed],

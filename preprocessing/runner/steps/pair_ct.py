@@ -9,6 +9,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.config import ct_pairing_config, registration_config
 from preprocessing.registration import RegistrationConfig, RegistrationResult, register
 from preprocessing.runner.imaging import (
@@ -96,7 +97,7 @@ class PairCTWithOwnMR(Step):
         ct = values["holder_free"].get("ct", raw["ct"])
         made: dict[str, dict[str, Any]] = {key: {} for key in self.writes}
         for fixed in (m for m in pairing["fixed"] if m in context.modalities):
-            key, prefix = f"ct_in_{fixed}", f"ct_to_{fixed}_"
+            key, prefix = keys.pair_key("ct", fixed), f"ct_to_{fixed}_"
             inputs = context.raw_inputs["ct"] + context.raw_inputs[fixed]
             with context.timer(f"pair.{key}"):
                 if pairing["register"]:
@@ -104,7 +105,7 @@ class PairCTWithOwnMR(Step):
                                                           context.transforms, prefix)
                     made["registration"][key] = dict(result.metrics)
                     context.track_transforms(prefix, "pair_ct", inputs, {"registration": registration.__dict__})
-                    made["entry"][f"{key}_transforms"] = writer.relative(context.transforms / f"{prefix}transforms.json")
+                    made["entry"][keys.transforms_key(key)] = writer.relative(context.transforms / f"{prefix}transforms.json")
                     pair_transforms = list(result.forward_transforms)
                 else:
                     check_one_grid(raw["ct"], raw[fixed], context.job["volumes"]["ct"], context.job["volumes"][fixed],
@@ -125,8 +126,8 @@ class PairCTWithOwnMR(Step):
                 windowed, window = windowed_ct(hu, config["ct"])
                 path = writer.image(windowed, f"{name}_{key}.nii.gz", "window", [writer.record(hu_path, "CT in HU")],
                                     window)
-            made["entry"].update({key: writer.relative(path), f"{key}_hu": writer.relative(hu_path),
-                                  f"{key}_mask": entry[f"{fixed}_mask"]})
+            made["entry"].update({key: writer.relative(path), keys.hu_key(key): writer.relative(hu_path),
+                                  keys.mask_key(key): entry[keys.mask_key(fixed)]})
             made["volumes"][key], made["masks"][key] = windowed, values["masks"][fixed]
             view = f"ct -> own {fixed}"
             made["qc_views"][view] = RegistrationView(view, grid, by_position(raw["ct"], grid, outside), hu)

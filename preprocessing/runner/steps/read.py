@@ -10,9 +10,9 @@ from typing import Any
 import nibabel as nib
 import SimpleITK as sitk
 
-from preprocessing.atomic import atomic_write_json
+from medgan_common.atomic import atomic_write_json
+from medgan_common.errors import PreprocessingError
 from preprocessing.dicom import read_dicom_series
-from preprocessing.errors import PreprocessingError
 from preprocessing.nifti import read_nifti
 from preprocessing.provenance import files_sha256
 from preprocessing.pseudonym import Redactor, dicom_identifiers

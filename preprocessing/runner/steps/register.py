@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medgan_common import dataset_keys as keys
 from preprocessing.config import registration_config
 from preprocessing.provenance import input_record
 from preprocessing.registration import apply_transforms, register
@@ -72,7 +73,7 @@ class RegisterToReferences(Step):
                                             sha256=fixed_sha)
                 context.track_transforms(prefix, "register", context.raw_inputs[modality] + [fixed_record],
                                          {"registration": config.__dict__})
-                made["entry"][f"{modality}_transforms"] = context.writer.relative(
+                made["entry"][keys.transforms_key(modality)] = context.writer.relative(
                     context.transforms / f"{prefix}transforms.json")
                 made["qc_views"][modality] = RegistrationView(
                     modality, fixed, by_position(raw[modality], fixed, AIR.get(modality, 0.0)), warped)

@@ -7,6 +7,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.config import slice_size
 from preprocessing.runner.steps.base import Step, SubjectContext
 
@@ -49,7 +50,7 @@ class ExtractSlices(Step):
                 for path in paths:
                     writer.track(path, "slice", [source],
                                  {"slices": spec, "output_shape": list(geometries[0].output_shape)})
-                made["entry"][f"{key}_slices"] = [writer.relative(p) for p in paths[:-1]]
-                made["entry"][f"{key}_slice_index"] = writer.relative(paths[-1])
+                made["entry"][keys.slices_key(key)] = [writer.relative(p) for p in paths[:-1]]
+                made["entry"][keys.slice_index_key(key)] = writer.relative(paths[-1])
                 made["strips"][key] = slices
         return made

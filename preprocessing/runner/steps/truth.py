@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medgan_common import dataset_keys as keys
 from preprocessing.runner.common import AIR
 from preprocessing.runner.demo_truth import TRUTH_MODALITIES, grid_image, raw_grid, truth_volumes
 from preprocessing.runner.imaging import warp
@@ -49,12 +50,12 @@ class CarryTruth(Step):
                     image = warp(grid_image(rendered, grid), target, transforms, "linear", air)
                     path = writer.image(image, f"{name}_truth_{other}_in_{modality}.nii.gz", "truth", inputs,
                                         parameters)
-                    entry[f"truth_{other}_in_{modality}"] = writer.relative(path)
+                    entry[keys.truth_key(other, modality)] = writer.relative(path)
                 # The raw CT labels hold the head holder too (labels 9-11).
                 labels = truth["ct_labels"] if modality == "ct" else render_in_raw(
                     truth["labels"], truth["grid"], pose, grid, order=0, cval=0)
                 image = warp(grid_image(labels.astype(np.uint8), grid), target, transforms, "genericLabel", 0)
                 path = writer.image(sitk.Cast(image, sitk.sitkUInt8), f"{name}_truth_labels_in_{modality}.nii.gz",
                                     "truth", inputs, parameters)
-                entry[f"truth_labels_in_{modality}"] = writer.relative(path)
+                entry[keys.truth_labels_key(modality)] = writer.relative(path)
         return {"entry": entry}

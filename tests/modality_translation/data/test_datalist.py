@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from medgan_common.errors import InputReadError, PreprocessingError
 from modality_translation.data import (
     DatalistError,
     ModalityMismatchError,
@@ -11,8 +12,12 @@ from modality_translation.data import (
     modality_named_in,
     pair_slices,
 )
-from modality_translation.data.datalist import modality_of_key, registered_image_modalities
-from preprocessing.errors import PreprocessingError
+from modality_translation.data.datalist import (
+    DatalistFileError,
+    load_datalist_items,
+    modality_of_key,
+    registered_image_modalities,
+)
 from tests.modality_translation.data.cohort import edit_datalist, save_nifti, slice_array, write_cohort
 
 
@@ -37,7 +42,7 @@ def test_missing_file_and_bad_json(tmp_path):
 
 def test_missing_and_empty_split(tmp_path):
     path = write_cohort(tmp_path, splits={"training": ["sub-001"], "test": []})
-    with pytest.raises(DatalistError, match=r"has no 'validation' split \(it has: training, test\)"):
+    with pytest.raises(DatalistError, match=r"datalist has no split 'validation' \(it has: training, test\)"):
         load_translation_datalist(path, "validation")
     with pytest.raises(DatalistError, match="split 'test' is empty"):
         load_translation_datalist(path, "test")
@@ -66,7 +71,7 @@ def test_missing_slice_file_named(tmp_path):
     with pytest.raises(DatalistError) as error:
         load_translation_datalist(path, "training", modalities=("t1", "t2"))
     assert error.value.path == str(missing)
-    assert "t2 slice file of subject 'sub-002' does not exist" in str(error.value)
+    assert f"t2 slice file ('t2_slices' of subject 'sub-002') does not exist (listed in {path.resolve()})" in str(error.value)
     assert isinstance(error.value, PreprocessingError)
 
 
@@ -206,3 +211,53 @@ def test_flatten_and_pair(tmp_path):
         pair_slices(items, "t1_slices", "t2_slices")
     paired = pair_slices(items, "t1_slices", "t1_slices")
     assert len(paired) == 6 and paired[0]["A"] == paired[0]["B"]
+
+
+def test_one_reader_for_inference_and_evaluation_resolves_against_the_datalist_folder(tmp_path, monkeypatch):
+    path = write_cohort(tmp_path / "cohort")
+    volume = tmp_path / "cohort" / "sub-004" / "t1.nii.gz"
+    save_nifti(volume, slice_array(0, 0, 0)[..., None])
+
+    def add_pair(content):
+        content["test"][0].update({"t2_in_t1": "sub-004/t2_in_t1.nii.gz", "age": "54"})
+
+    edit_datalist(path, add_pair)
+    monkeypatch.chdir(tmp_path)  # not the datalist's folder: relative paths must not depend on it
+    [item] = load_datalist_items(path, "test", path_keys={"t1": "volume to translate"})
+    assert item["t1"] == str(volume)
+    # Every key holding files is resolved, existing or not (a registered volume too); others are kept.
+    assert item["t2_in_t1"] == str(tmp_path / "cohort" / "sub-004" / "t2_in_t1.nii.gz")
+    assert item["t1_slices"][0] == str(tmp_path / "cohort" / "sub-004" / "slices" / "t1" / "sub-004_axial_0000.nii.gz")
+    assert item["subject"] == "sub-004" and item["age"] == "54"
+    # The training reader gives the same items.
+    assert load_translation_datalist(path, "test", modalities=("t1",)) == [item]
+    # Items in memory: paths against base_dir when given, else as they are.
+    listed = [{"subject": "sub-004", "t1": "sub-004/t1.nii.gz"}]
+    assert load_datalist_items(listed, base_dir=tmp_path / "cohort", path_keys={"t1": "volume"})[0]["t1"] == str(volume)
+    with pytest.raises(DatalistFileError, match=r"sub-004/t1.nii.gz: volume \('t1' of subject 'sub-004'\) does not exist$"):
+        load_datalist_items(listed, path_keys={"t1": "volume"})
+
+
+def test_one_reader_errors_name_the_datalist_and_the_subject(tmp_path):
+    path = write_cohort(tmp_path)
+    with pytest.raises(DatalistFileError, match="datalist file does not exist") as error:
+        load_datalist_items(tmp_path / "absent.json")
+    assert isinstance(error.value, InputReadError) and isinstance(error.value, DatalistError)
+    with pytest.raises(DatalistError, match=rf"^{path}: datalist has no split 'validatio' \(it has: training, "):
+        load_datalist_items(path, "validatio")
+    with pytest.raises(DatalistError, match=rf"^{path}: subject 'sub-004' has no 'pred' \(prediction\)$"):
+        load_datalist_items(path, "test", path_keys={"pred": "prediction"})
+    (tmp_path / "sub-004" / "t1.nii.gz").parent.mkdir(exist_ok=True)
+    with pytest.raises(DatalistFileError, match=rf"t1.nii.gz: volume \('t1' of subject 'sub-004'\) does not exist "
+                                                rf"\(listed in {path}\)$"):
+        load_datalist_items(path, "test", path_keys={"t1": "volume"})
+    edit_datalist(path, lambda content: content["training"][1].update(subject="sub-001"))
+    with pytest.raises(DatalistError, match="subjects listed more than once in split 'training': sub-001"):
+        load_datalist_items(path, "training")
+    with pytest.raises(DatalistError, match="subjects listed more than once"):
+        load_translation_datalist(path, "training")
+    edit_datalist(path, lambda content: content["test"][0].pop("subject"))
+    with pytest.raises(DatalistError, match=rf"^{path}: item 0 of split 'test' has no 'subject'$"):
+        load_datalist_items(path, "test")
+    with pytest.raises(DatalistError, match="datalist split 'test' is empty: no subject to use"):
+        load_datalist_items([], "test")

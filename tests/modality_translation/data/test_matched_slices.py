@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.data.matched_slices import matched_slice_dataset, matched_target_slices
-from preprocessing.errors import GeometryError
 from preprocessing.slices import extract_slices, save_slices
 
 SHAPE = (12, 20, 16)  # [z, y, x]
@@ -130,7 +130,7 @@ def test_missing_keys_and_wrong_modality_names_are_refused(tmp_path):
         matched_slice_dataset(datalist, "t2", "truth_t1_in_t2", "t1")
     with pytest.raises(DatalistError, match="has no 't1_slices' slice list"):
         matched_slice_dataset(datalist, "t1", "truth_ct_in_t2", "ct")
-    with pytest.raises(DatalistError, match="has no 'test' split"):
+    with pytest.raises(DatalistError, match="datalist has no split 'test'"):
         matched_slice_dataset(datalist, "t2", "truth_ct_in_t2", "ct", split="test")
     # A T1 file given as the CT target.
     (tmp_path / "sub-01" / "sub-01_truth_ct_in_t2.nii.gz").rename(tmp_path / "sub-01" / "sub-01_t1.nii.gz")

@@ -7,6 +7,7 @@ import torch
 from monai.data import Dataset
 from torch.utils.data import DataLoader
 
+from medgan_common.errors import GeometryError
 from modality_translation.data import (
     DatalistError,
     PairedDataset,
@@ -14,7 +15,6 @@ from modality_translation.data import (
     paired_slice_dataset,
     unpaired_slice_dataset,
 )
-from preprocessing.errors import GeometryError
 from preprocessing.slices import SliceGeometry
 from tests.modality_translation.data.cohort import SIZE, edit_datalist, write_cohort
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from modality_translation.engines import GANTrainer, adam_optimizer, frozen, losses_from_output
+from modality_translation.engines import CycleGANTrainer, GANTrainer, adam_optimizer, frozen, losses_from_output
+import modality_translation.engines.gan_trainer as gan_trainer
 
 
 def test_frozen_restores_each_parameters_flag():
@@ -36,3 +37,16 @@ def test_losses_from_output_takes_the_floats_but_loss():
     output = {"loss": 1.0, "loss_G": 1.0, "loss_D": 0.5, "d_updated": 1.0, "fake_B": torch.zeros(1)}
     assert losses_from_output()([output, output]) == {"loss_G": 1.0, "loss_D": 0.5, "d_updated": 1.0}
     assert losses_from_output(["loss_D"])(output) == {"loss_D": 0.5}
+
+
+def _trainer(monkeypatch, device: str, **options) -> list[bool]:
+    calls: list[bool] = []
+    monkeypatch.setattr(gan_trainer, "retain_freed_host_memory", lambda: calls.append(True) or True)
+    nets = [torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(4)]
+    CycleGANTrainer(device, 1, [], *nets, adam_optimizer(nets[:2]), adam_optimizer(nets[2:]), epoch_length=1, **options)
+    return calls
+
+
+def test_trainer_retains_host_memory_on_cpu_by_default(monkeypatch):
+    assert _trainer(monkeypatch, "cpu") == [True]
+    assert _trainer(monkeypatch, "cpu", retain_host_memory=False) == []

@@ -11,10 +11,10 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from medgan_common.errors import GeometryError, InputReadError, PreprocessingError
 from modality_translation.evaluation import FID_SKIPPED_NOTE, evaluate_translation, mr_metrics
 from modality_translation.data.datalist import ModalityMismatchError
 from modality_translation.inference import IntensityMapping, IntensityMismatchError
-from preprocessing.errors import GeometryError, InputReadError, PreprocessingError
 
 AFFINE = np.array([[0.0, -1.2, 0.0, 10.0], [0.0, 0.0, 1.4, -5.0], [2.0, 0.0, 0.0, 3.0], [0, 0, 0, 1]])
 

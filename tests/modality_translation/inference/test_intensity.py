@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from medgan_common.errors import InputReadError, PreprocessingError
 from modality_translation.inference import IntensityMapping, IntensityMismatchError
-from preprocessing.errors import InputReadError, PreprocessingError
 from preprocessing.normalization import head_mask_mr, percentile_normalize, zscore_normalize
 
 

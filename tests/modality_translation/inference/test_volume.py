@@ -15,6 +15,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, 
 from scipy import ndimage
 from torch import nn
 
+from medgan_common.errors import GeometryError, InputReadError, PreprocessingError
 from modality_translation.inference import (
     IntensityMismatchError,
     VolumeSliceInferer,
@@ -26,7 +27,6 @@ from modality_translation.inference import (
 )
 from modality_translation.inference.io import check_files_on_grid
 from modality_translation.networks import WeightsFileError
-from preprocessing.errors import GeometryError, InputReadError, PreprocessingError
 from preprocessing.normalization import percentile_normalize
 from preprocessing.windowing import CTWindowd
 

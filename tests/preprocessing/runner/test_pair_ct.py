@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medgan_common.errors import GeometryError
 from preprocessing.config import ct_pairing_config, load_config
 from preprocessing.demo.anatomy import AIR, CORTICAL_BONE, HeadParameters, build_labels
 from preprocessing.demo.grid import Grid
-from preprocessing.errors import GeometryError
 from preprocessing.registration import map_fixed_points_to_moving
 from preprocessing.runner.demo_truth import grid_image
 from preprocessing.runner.imaging import check_one_grid, warp

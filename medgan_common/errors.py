@@ -1,7 +1,8 @@
-"""Errors raised by the preprocessing pipeline.
+"""Errors raised by the preprocessing pipeline and the translation library.
 
 Every error names the file (or folder) it is about and what is wrong with it, so that a cohort
-report can say which input of which subject failed and why.
+report can say which input of which subject failed and why. ``PreprocessingError`` keeps its name
+from where it started; the library's own errors (datalist, weights, intensities) derive from it too.
 """
 
 from __future__ import annotations

@@ -9,17 +9,13 @@ import sys
 import textwrap
 
 import pytest
-import torch
-
-from modality_translation.engines import CycleGANTrainer, adam_optimizer
-import modality_translation.engines.gan_trainer as gan_trainer
 
 # Allocates and frees a 64 MiB tensor again and again and counts the minor page faults of each
 # round, before and after retain_freed_host_memory(), in a fresh process (the setting is
 # process-wide and permanent).
 _SCRIPT = textwrap.dedent("""
     import json, resource, torch
-    from modality_translation.host_memory import retain_freed_host_memory
+    from medgan_common.host_memory import retain_freed_host_memory
 
     def faults_per_reallocation(rounds):
         counts = []
@@ -54,15 +50,3 @@ def test_freed_blocks_are_reused_without_page_faults():
     # block; room for one more growth in the last eight rounds.
     assert sum(counts["retained"][-8:]) < 1.5 * 16384, counts["retained"]
 
-
-def _trainer(monkeypatch, device: str, **options) -> list[bool]:
-    calls: list[bool] = []
-    monkeypatch.setattr(gan_trainer, "retain_freed_host_memory", lambda: calls.append(True) or True)
-    nets = [torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(4)]
-    CycleGANTrainer(device, 1, [], *nets, adam_optimizer(nets[:2]), adam_optimizer(nets[2:]), epoch_length=1, **options)
-    return calls
-
-
-def test_trainer_retains_host_memory_on_cpu_by_default(monkeypatch):
-    assert _trainer(monkeypatch, "cpu") == [True]
-    assert _trainer(monkeypatch, "cpu", retain_host_memory=False) == []

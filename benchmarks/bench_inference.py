@@ -169,7 +169,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from modality_translation.inference.translate import translate_slices, translate_stack
-    from preprocessing.atomic import atomic_write_json
+    from medgan_common.atomic import atomic_write_json
     from preprocessing.slices import extract_slices, paste_slices
 
     device = torch.device(args.device)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medgan_common.atomic import atomic_write_json
+from medgan_common.hashing import file_sha256
 
 __all__ = [
     "SIDECAR_SUFFIX",
@@ -42,15 +43,6 @@ SIDECAR_SUFFIX = ".provenance.json"
 #: Distributions whose versions are recorded (distribution names, as pip knows them).
 TRACKED_PACKAGES = ("numpy", "SimpleITK", "antspyx", "pydicom", "nibabel", "monai", "torch")
 _CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_sha256(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> str:

@@ -15,7 +15,7 @@ import os
 import sys
 from types import TracebackType
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 
 __all__ = ["UsageError", "report_errors_concisely", "user_error"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from preprocessing.errors import PreprocessingError
+from medgan_common.errors import PreprocessingError
 
 __all__ = ["BundleIntegrityError"]
 

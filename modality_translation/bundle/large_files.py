@@ -17,7 +17,6 @@ so their ``url`` is empty unless a base address is given; MONAI's command then o
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -25,8 +24,9 @@ from typing import Any
 
 import yaml
 
+from medgan_common.atomic import atomic_write_text
+from medgan_common.hashing import file_sha256
 from modality_translation.bundle.errors import BundleIntegrityError
-from preprocessing.atomic import atomic_write_text
 
 __all__ = [
     "HASH_TYPE",
@@ -44,16 +44,6 @@ LARGE_FILES_NAME = "large_files.yml"
 HASH_TYPE = "sha256"
 # Hex characters of a hash shown in an error: enough to tell two files apart, short enough to read.
 _SHOWN_HEX = 12
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in chunks (weights files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _relative_entry(bundle_dir: Path, path: str | os.PathLike) -> str:

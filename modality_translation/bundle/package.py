@@ -39,10 +39,10 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from medgan_common.atomic import atomic_path
 from modality_translation.bundle.errors import BundleIntegrityError
 from modality_translation.bundle.large_files import LARGE_FILES_NAME, file_sha256, large_files_yaml
 from modality_translation.bundle.torchscript import TORCHSCRIPT_NAMES, generator_input_shapes, save_torchscript
-from preprocessing.atomic import atomic_path
 
 __all__ = [
     "CONFIG_SUFFIXES",

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgan_common.atomic import atomic_write_json, atomic_write_with
+from medgan_common.errors import InputReadError, PreprocessingError
 from modality_translation.inference.intensity import IntensityMapping
-from preprocessing.atomic import atomic_write_json, atomic_write_with
-from preprocessing.errors import InputReadError, PreprocessingError
 
 __all__ = [
     "RECORD_FILE",

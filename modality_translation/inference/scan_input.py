@@ -32,11 +32,11 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from medgan_common.atomic import atomic_write_with
+from medgan_common.errors import InputReadError
 from modality_translation.inference.intensity import IntensityMapping, IntensityMismatchError
 from modality_translation.inference.io import read_nifti_header
-from preprocessing.atomic import atomic_write_with
 from preprocessing.dicom import DEFAULT_SERIES_RULES, read_dicom_series, scan_dicom_folder, select_series
-from preprocessing.errors import InputReadError
 
 __all__ = ["Scan", "nifti_to_sitk", "read_scan", "write_nifti_like"]
 

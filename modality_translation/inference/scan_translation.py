@@ -35,6 +35,7 @@ from typing import Any
 import SimpleITK as sitk
 
 # The module, not its names: the record imports this package's intensity mappings.
+from medgan_common.atomic import atomic_write_json
 from modality_translation.bundle import record as training_record
 from modality_translation.bundle.cli_errors import UsageError
 from modality_translation.inference.alignment import align_to_reference
@@ -43,7 +44,6 @@ from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.scan_input import Scan, read_scan, write_nifti_like
 from modality_translation.inference.translate import VolumeTranslator
 from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
-from preprocessing.atomic import atomic_write_json
 
 __all__ = ["ScanTranslator", "select_direction", "translate_scan"]
 

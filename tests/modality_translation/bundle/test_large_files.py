@@ -8,9 +8,9 @@ import pytest
 import yaml
 from monai.bundle import download_large_files
 
+from medgan_common.errors import PreprocessingError
 from modality_translation.bundle.errors import BundleIntegrityError
 from modality_translation.bundle.large_files import LARGE_FILES_NAME, verify_large_files, write_large_files
-from preprocessing.errors import PreprocessingError
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from modality_translation.inference import IntensityMapping, IntensityMismatchError, read_scan
 from modality_translation.inference.scan_input import nifti_to_sitk, write_nifti_like
-from preprocessing.errors import InputReadError, SeriesSelectionError
+from medgan_common.errors import InputReadError, SeriesSelectionError
 from tests.modality_translation.inference.scan_data import (
     head,
     las_copy,

@@ -12,7 +12,7 @@ import torch
 from modality_translation.bundle.record import TrainingRecord
 from modality_translation.inference import IntensityMapping, ScanTranslator, VolumeTranslator, select_direction
 from modality_translation.inference.scan_input import nifti_to_sitk
-from preprocessing.errors import InputReadError
+from medgan_common.errors import InputReadError
 from tests.modality_translation.inference.scan_data import (
     head,
     las_copy,
@@ -71,7 +71,7 @@ def test_the_same_scan_stored_otherwise_gives_the_same_translation(tmp_path, sto
 
 
 def test_a_scan_is_aligned_to_the_reference_and_its_translation_returned_to_its_own_grid(tmp_path):
-    reference = write_nifti(tmp_path / "reference_t1.nii.gz", head(), ras_affine())
+    write_nifti(tmp_path / "reference_t1.nii.gz", head(), ras_affine())
     # The same head, turned by 8 degrees and shifted by 6 mm: a new patient's pose.
     angle = np.deg2rad(8.0)
     rotation = np.eye(4)

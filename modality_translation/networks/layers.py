@@ -14,7 +14,7 @@ matrix-unit convolutions take channels-last bfloat16 tensors):
   the default layout, so the next convolution converts it back (forward and backward). On a
   channels-last input they normalise each sample with batch norm's channels-last kernel instead: batch
   norm over a batch of one, in training mode without running statistics, is instance norm.
-- :class:`PaddedConv2d` / :class:`PaddedConv3d`: autocast runs reflection and replication padding in
+- :class:`Conv2d` / :class:`Conv3d` with reflection padding: autocast runs reflection and replication padding in
   float32 (they are on its float32 list), so a reflection-padded convolution under bfloat16 autocast
   pads in float32, at twice the memory traffic, and casts back. A pad only copies values: padding the
   input already cast to the autocast dtype gives the convolution the same input.
@@ -158,28 +158,6 @@ def _padded_conv(conv: nn.Module, x: torch.Tensor, functional: Any) -> torch.Ten
     return functional(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
-class PaddedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose reflection/replication padding runs in the autocast dtype under autocast.
-
-    Same parameters, keys and result as ``nn.Conv2d`` (a pad copies values); without autocast, or
-    with zero padding, it is ``nn.Conv2d``.
-    """
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Convolve ``input``."""
-        output = _padded_conv(self, input, F.conv2d)
-        return super().forward(input) if output is None else output
-
-
-class PaddedConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose reflection/replication padding runs in the autocast dtype under autocast."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Convolve ``input``."""
-        output = _padded_conv(self, input, F.conv3d)
-        return super().forward(input) if output is None else output
-
-
 #: Largest input map (positions per sample) whose weight gradient is one matrix product: measured on a
 #: 1-thread AMX core, 2.5-10x faster than oneDNN's kernel up to 16x16 inputs, 2-4x slower at 32x32.
 SMALL_MAP_POSITIONS = 256
@@ -243,16 +221,28 @@ def _small_map_conv(conv: nn.Module, x: torch.Tensor, transposed: bool) -> torch
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight gradient on small input maps is one matrix product (same keys, same sums).
+    """``nn.Conv2d`` with the two fast paths above (same parameters, keys and sums).
 
-    Applies in training to inputs of at most :data:`SMALL_MAP_POSITIONS` positions per sample, with
-    zero padding, groups 1 and dilation 1; elsewhere it is ``nn.Conv2d``. Under autocast the input and
-    parameters are cast to the autocast dtype as autocast casts them.
+    Under autocast, reflection/replication padding runs in the autocast dtype. In training, the weight
+    gradient of a zero-padded convolution (groups 1, dilation 1) of an input of at most
+    :data:`SMALL_MAP_POSITIONS` positions per sample is one matrix product; the input and
+    parameters are then cast to the autocast dtype as autocast casts them. Elsewhere it is ``nn.Conv2d``.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Convolve ``input``."""
-        output = _small_map_conv(self, input, transposed=False)
+        output = _padded_conv(self, input, F.conv2d)
+        if output is None:
+            output = _small_map_conv(self, input, transposed=False)
+        return super().forward(input) if output is None else output
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose reflection/replication padding runs in the autocast dtype under autocast."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Convolve ``input``."""
+        output = _padded_conv(self, input, F.conv3d)
         return super().forward(input) if output is None else output
 
 
@@ -272,7 +262,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 def plain_conv(spatial_dims: int) -> type[nn.Module]:
     """The convolution class: :class:`Conv2d` in 2D, ``nn.Conv1d/3d`` otherwise."""
-    return {1: nn.Conv1d, 2: Conv2d, 3: nn.Conv3d}[spatial_dims]
+    return {1: nn.Conv1d, 2: Conv2d, 3: Conv3d}[spatial_dims]
 
 
 def transposed_conv(spatial_dims: int) -> type[nn.Module]:
@@ -281,8 +271,8 @@ def transposed_conv(spatial_dims: int) -> type[nn.Module]:
 
 
 def padded_conv(spatial_dims: int) -> type[nn.Module]:
-    """The convolution class for padded convolutions: :class:`PaddedConv2d` / :class:`PaddedConv3d` (``nn.Conv1d`` in 1D)."""
-    return {2: PaddedConv2d, 3: PaddedConv3d}.get(spatial_dims, nn.Conv1d)
+    """The class of reflection-padded convolutions: :class:`Conv2d` / :class:`Conv3d` (``nn.Conv1d`` in 1D)."""
+    return {2: Conv2d, 3: Conv3d}.get(spatial_dims, nn.Conv1d)
 
 
 def conv_bias(norm: str) -> bool:

@@ -15,7 +15,7 @@ from torch import nn
 from modality_translation.engines import CycleGANTrainer, adam_optimizer
 from modality_translation.losses import AdversarialLoss
 from modality_translation.networks import PatchGANDiscriminator, ResNetGenerator, UNetGenerator
-from modality_translation.networks.layers import InstanceNorm2d, PaddedConv2d, layout_preserving_norms
+from modality_translation.networks.layers import Conv2d, ConvTranspose2d, InstanceNorm2d, layout_preserving_norms
 
 SIZE = 64
 #: Losses of the fast path lie within this relative distance of the float32 path's (plus LOSS_ATOL):
@@ -111,7 +111,7 @@ def test_affine_instance_norm_replacement_keeps_its_parameters():
 
 def test_padded_convolution_under_autocast_equals_torch():
     torch.manual_seed(0)
-    conv = PaddedConv2d(4, 6, kernel_size=3, padding=1, padding_mode="reflect")
+    conv = Conv2d(4, 6, kernel_size=3, padding=1, padding_mode="reflect")
     plain = nn.Conv2d(4, 6, kernel_size=3, padding=1, padding_mode="reflect")
     plain.load_state_dict(conv.state_dict())
     x = torch.randn(2, 4, 9, 9)
@@ -132,3 +132,22 @@ def test_padded_convolution_under_autocast_equals_torch():
     torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3)
     # Without autocast it is nn.Conv2d.
     torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("size", [2, 8, 16, 32])
+def test_small_map_weight_gradient_equals_torch(transposed, size):
+    torch.manual_seed(0)
+    cls, plain_cls = (ConvTranspose2d, nn.ConvTranspose2d) if transposed else (Conv2d, nn.Conv2d)
+    conv, plain = cls(12, 6, 4, stride=2, padding=1), plain_cls(12, 6, 4, stride=2, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(3, 12, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_plain = x.detach().clone().requires_grad_()
+    y, y_plain = conv(x), plain(x_plain)
+    grad = torch.randn_like(y_plain)
+    y.backward(grad)
+    y_plain.backward(grad)
+    torch.testing.assert_close(y, y_plain, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)

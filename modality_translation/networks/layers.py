@@ -203,7 +203,8 @@ class _SmallMapConv2d(torch.autograd.Function):
 
 def _small_map_conv(conv: nn.Module, x: torch.Tensor, transposed: bool) -> torch.Tensor | None:
     """``conv(x)`` through :class:`_SmallMapConv2d`, or ``None`` where the parent's forward applies."""
-    small = x.ndim == 4 and x.shape[-2] * x.shape[-1] <= SMALL_MAP_POSITIONS
+    # Measured on CPU (oneDNN) only; CUDA keeps its own kernels.
+    small = x.device.type == "cpu" and x.ndim == 4 and x.shape[-2] * x.shape[-1] <= SMALL_MAP_POSITIONS
     plain = conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     if transposed:
         plain = plain and conv.output_padding == (0, 0)
@@ -224,7 +225,7 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with the two fast paths above (same parameters, keys and sums).
 
     Under autocast, reflection/replication padding runs in the autocast dtype. In training, the weight
-    gradient of a zero-padded convolution (groups 1, dilation 1) of an input of at most
+    gradient of a zero-padded convolution (groups 1, dilation 1) on CPU of an input of at most
     :data:`SMALL_MAP_POSITIONS` positions per sample is one matrix product; the input and
     parameters are then cast to the autocast dtype as autocast casts them. Elsewhere it is ``nn.Conv2d``.
     """

@@ -21,9 +21,22 @@ cycle-KL terms with the paper's weights, Adam):
 - ``engine``: :class:`modality_translation.engines.CycleGANTrainer`,
   :class:`modality_translation.engines.Pix2PixTrainer` or :class:`modality_translation.engines.UNITTrainer`
   (float32, batched calls where the networks allow it);
-- ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout;
-  ``engine-bf16-compile`` compiles the networks (``compile_networks``): its compilation happens in the
-  warm-up iterations, whose times are recorded separately (``warmup_seconds``).
+- ``engine-bf16``: the same with bfloat16 autocast; ``engine-bf16-cl`` adds channels-last layout (the
+  fast path on CPUs with bfloat16 matrix units, whose oneDNN kernels take channels-last bfloat16
+  tensors); ``engine-bf16-compile`` compiles the networks (``compile_networks``): its compilation
+  happens in the warm-up iterations, whose times are recorded separately (``warmup_seconds``).
+
+Both sides use the same networks and the same optimiser (:func:`~modality_translation.engines.adam_optimizer`,
+fused Adam), so the comparison is of the update rule and its execution, not of the optimiser kernel.
+
+Model-FLOP utilisation (MFU): the FLOPs of one iteration are counted once per configuration with
+``torch.utils.flop_counter.FlopCounterMode`` in the first warm-up iteration (not for compiled
+variants); the MFU of a configuration is the reference's FLOPs per iteration (the model's work; the
+engine's batched calls do the same convolutions) divided by its time per iteration and by the
+ceiling of ``benchmarks/bench_ceiling.py`` (``--ceiling``, default ``benchmarks/results/ceiling.json``)
+at the same thread count: the best measured bfloat16 convolution rate (``mfu``) and the best rate in
+the configuration's own precision (``mfu_own_precision``). On CPU the times are per-process CPU
+time and the ceiling is in FLOP per CPU-second; on CUDA both are wall time.
 
 Each configuration runs in its own process with a fixed thread count (``--threads``), after
 ``--warmup`` iterations, and the whole list of configurations is repeated ``--rounds`` times so
@@ -37,8 +50,8 @@ timed iterations is reported, with the load average. On CUDA
 for a quick check that the script runs; the figures quoted in the docs are at the defaults.
 
     python benchmarks/bench_training.py --output benchmarks/results/training.json
-        [--threads 1 2] [--generators resnet9 unet256 pix2pix unit] [--variants reference engine engine-bf16 engine-bf16-cl]
-        [--iterations 2] [--warmup 1] [--rounds 2] [--device cpu cuda] [--size 256] [--unit-channels 64]
+        [--ceiling benchmarks/results/ceiling.json] [--threads 1 2] [--generators resnet9 unet256 pix2pix unit] [--variants reference engine engine-bf16 engine-bf16-cl]
+        [--iterations 2] [--warmup 1] [--rounds 3] [--device cpu cuda] [--size 256] [--unit-channels 64]
 """
 
 from __future__ import annotations
@@ -46,7 +59,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -231,6 +243,11 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
     total = warmup + iterations
     durations: list[float] = []
     cpu_durations: list[float] = []
+    # FLOPs of the first (warm-up) iteration; compiled graphs are not counted (the counter would see
+    # the compilation's tracing, not the kernels).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False) if warmup > 0 and not variant.endswith("-compile") else None
 
     def synchronize():
         if device.startswith("cuda"):
@@ -258,7 +275,11 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
             batch = batches[i % len(batches)]
             synchronize()
             start, cpu_start = time.perf_counter(), time.process_time()
-            step(batch["A"].to(device), batch["B"].to(device))
+            if i == 0 and counter is not None:
+                with counter:
+                    step(batch["A"].to(device), batch["B"].to(device))
+            else:
+                step(batch["A"].to(device), batch["B"].to(device))
             synchronize()
             durations.append(time.perf_counter() - start)
             cpu_durations.append(time.process_time() - cpu_start)
@@ -281,11 +302,15 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
                                       **engine_options)
         starts: list[tuple[float, float]] = []
 
-        def started(_):
+        def started(engine):
             synchronize()
             starts.append((time.perf_counter(), time.process_time()))
+            if engine.state.iteration == 1 and counter is not None:
+                counter.__enter__()
 
-        def completed(_):
+        def completed(engine):
+            if engine.state.iteration == 1 and counter is not None:
+                counter.__exit__(None, None, None)
             synchronize()
             durations.append(time.perf_counter() - starts[-1][0])
             cpu_durations.append(time.process_time() - starts[-1][1])
@@ -312,6 +337,7 @@ def time_configuration(generator: str, variant: str, threads: int, device: str, 
         "cpu_seconds_per_iteration": statistics.median(cpu_timed),
         "timed_cpu_seconds": cpu_timed,
         "load_average_after": os.getloadavg()[0],
+        "flops_per_iteration": counter.get_total_flops() if counter is not None else None,
     }
 
 
@@ -341,13 +367,21 @@ def merge_rounds(runs: list[dict]) -> dict:
         timed_iterations=timed,
         timed_cpu_seconds=cpu_timed,
         load_averages=[r["load_average_after"] for r in valid],
+        flops_per_iteration=next((r["flops_per_iteration"] for r in valid if r.get("flops_per_iteration")), None),
         warmup_seconds=[t for r in valid for t in r.get("warmup_seconds", [])],
     )
     return merged
 
 
-def summarise(results: list[dict]) -> list[dict]:
-    """Speed-up of every engine variant over the reference measured in the same setting."""
+def summarise(results: list[dict], ceilings: dict | None = None) -> list[dict]:
+    """Speed-up of every engine variant over the reference measured in the same setting, and its MFU.
+
+    Args:
+        results: merged results of every configuration.
+        ceilings: ``{(device, threads): ceiling}`` from ``bench_ceiling.py`` (GFLOP/s per precision);
+            no MFU where a configuration has none.
+    """
+    ceilings = ceilings or {}
     reference = {
         (r["generator"], r["device"], r["threads"], r["batch_size"]): r
         for r in results if r.get("variant") == "reference" and "error" not in r
@@ -364,13 +398,27 @@ def summarise(results: list[dict]) -> list[dict]:
             row["speedup_vs_reference_cpu_time"] = (
                 reference[key]["cpu_seconds_per_iteration"] / r["cpu_seconds_per_iteration"]
             )
-        if r["device"] == "cpu" and r["batch_size"] == 1 and r["generator"] in REFERENCE_SECONDS_2CORE:
+        if (r["device"] == "cpu" and r["batch_size"] == 1 and r.get("size", SIZE) == SIZE
+                and r["generator"] in REFERENCE_SECONDS_2CORE):
             figure = REFERENCE_SECONDS_2CORE[r["generator"]]
             row["speedup_vs_reference_2core_figure_wall"] = figure / r["seconds_per_iteration"]
             if r["threads"] == 1:
                 # One thread's CPU time is its wall time on an idle core: a conservative comparison
                 # with the reference's two-thread figure.
                 row["speedup_vs_reference_2core_figure_cpu_time"] = figure / r["cpu_seconds_per_iteration"]
+        flops = reference[key].get("flops_per_iteration") if key in reference else None
+        flops = flops or r.get("flops_per_iteration")
+        ceiling = ceilings.get((r["device"], r["threads"] if r["device"] == "cpu" else None))
+        if flops:
+            row["gflops_per_iteration"] = flops / 1e9
+        if flops and ceiling:
+            # On CPU per CPU-second (the ceiling is measured the same way), on CUDA per second.
+            seconds = r["cpu_seconds_per_iteration"] if r["device"] == "cpu" else r["seconds_per_iteration"]
+            rate = flops / seconds / 1e9
+            own = "bfloat16" if "bf16" in r["variant"] else "float32"
+            row["achieved_gflops"] = rate
+            row["mfu"] = rate / ceiling["bfloat16"]["conv_gflops"]
+            row["mfu_own_precision"] = rate / ceiling[own]["conv_gflops"]
         rows.append(row)
     return rows
 
@@ -388,7 +436,9 @@ def main() -> None:
     parser.add_argument("--cuda-batch-sizes", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ceiling", type=Path, default=REPOSITORY / "benchmarks" / "results" / "ceiling.json",
+                        help="bench_ceiling.py's results: the MFU's ceiling per thread count (none: no MFU)")
     parser.add_argument("--size", type=int, default=SIZE,
                         help="image size (default 256, the benchmark's; smaller only to check that the script runs)")
     parser.add_argument("--unit-channels", type=int, default=64,
@@ -431,22 +481,24 @@ def main() -> None:
             print(json.dumps({"round": round_index + 1, **shown}), flush=True)
     results = [merge_rounds(config_runs) for config_runs in runs]
 
+    from benchmarks.bench_ceiling import cpu_features, load_ceiling
     from medgan_common.atomic import atomic_write_json
 
+    ceilings = {("cpu", threads): load_ceiling(args.ceiling, threads) for threads in args.threads}
+    ceilings[("cuda", None)] = load_ceiling(args.ceiling, 1, "cuda")
     report = {
         "benchmark": f"training iteration, {args.size}x{args.size}, batch 1 on CPU, Adam; CycleGAN: identity loss on, "
                      "pools of 50; pix2pix: BCE + 100 x L1, conditional PatchGAN; UNIT: the bundle's baseline "
                      f"network ({args.unit_channels} base channels), BCE, reconstruction, KL, cycle and cycle-KL terms",
         "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **cpu_features(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
+        "timing": "per-process CPU time (all threads) is the primary figure on a shared machine; wall time beside it",
+        "ceiling": {f"{device} {threads or ''}".strip(): c for (device, threads), c in ceilings.items() if c},
         "reference_seconds_per_iteration_2core": REFERENCE_SECONDS_2CORE,
         "results": results,
-        "summary": summarise(results),
+        "summary": summarise(results, ceilings),
     }
     atomic_write_json(args.output, report)
     print(json.dumps(report["summary"], indent=1))

@@ -17,7 +17,7 @@ import torch
 from monai.networks.nets import PatchDiscriminator
 
 from modality_translation.networks.init import init_weights
-from modality_translation.networks.layers import apply_spectral_norm, check_norm, conv_bias
+from modality_translation.networks.layers import apply_spectral_norm, check_norm, conv_bias, layout_preserving_norms
 
 
 class PatchGANDiscriminator(PatchDiscriminator):
@@ -71,6 +71,8 @@ class PatchGANDiscriminator(PatchDiscriminator):
             dropout=0.0,
             last_conv_kernel_size=4,
         )
+        # MONAI's instance norms, replaced by ones that keep channels-last inputs channels-last.
+        layout_preserving_norms(self)
         init_weights(self, init_type=init_type, gain=init_gain)
         if spectral_norm:
             apply_spectral_norm(self)

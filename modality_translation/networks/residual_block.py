@@ -15,7 +15,7 @@ import torch
 from monai.networks.layers.factories import Conv, Dropout
 from torch import nn
 
-from modality_translation.networks.layers import conv_bias, norm_layer
+from modality_translation.networks.layers import conv_bias, norm_layer, padded_conv
 
 
 class ResidualBlock(nn.Module):
@@ -36,17 +36,18 @@ class ResidualBlock(nn.Module):
     ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
+        reflect_conv = padded_conv(spatial_dims)
         bias = conv_bias(norm)
         out_channels = channels if out_channels is None else int(out_channels)
         layers = [
-            conv(channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias),
+            reflect_conv(channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias),
             norm_layer(norm, spatial_dims, out_channels),
             nn.ReLU(),
         ]
         if dropout > 0:
             layers.append(Dropout[Dropout.DROPOUT, spatial_dims](dropout))
         layers += [
-            conv(out_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias),
+            reflect_conv(out_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect", bias=bias),
             norm_layer(norm, spatial_dims, out_channels),
         ]
         self.body = nn.Sequential(*layers)

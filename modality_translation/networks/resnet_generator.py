@@ -17,7 +17,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from modality_translation.networks.init import init_weights
-from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer
+from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer, padded_conv
 from modality_translation.networks.residual_block import ResidualBlock
 
 
@@ -67,10 +67,11 @@ class ResNetGenerator(nn.Module):
         self.num_downsamplings = num_downsamplings
         conv = Conv[Conv.CONV, spatial_dims]
         conv_transpose = Conv[Conv.CONVTRANS, spatial_dims]
+        reflect_conv = padded_conv(spatial_dims)
         bias = conv_bias(norm)
 
         layers = _conv_norm_relu(
-            conv(in_channels, base_channels, kernel_size=7, padding=3, padding_mode="reflect", bias=bias),
+            reflect_conv(in_channels, base_channels, kernel_size=7, padding=3, padding_mode="reflect", bias=bias),
             norm,
             spatial_dims,
         )
@@ -88,7 +89,7 @@ class ResNetGenerator(nn.Module):
                 spatial_dims,
             )
             channels //= 2
-        layers += [conv(channels, out_channels, kernel_size=7, padding=3, padding_mode="reflect"), nn.Tanh()]
+        layers += [reflect_conv(channels, out_channels, kernel_size=7, padding=3, padding_mode="reflect"), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
         init_weights(self, init_type=init_type, gain=init_gain)

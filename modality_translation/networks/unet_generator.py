@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers.factories import Conv, Dropout
+from monai.networks.layers.factories import Dropout
 from torch import nn
 
 from modality_translation.networks.init import init_weights
-from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer
+from modality_translation.networks.layers import check_divisible_input, check_norm, conv_bias, norm_layer, plain_conv, transposed_conv
 
 PIX2PIX_UNET_256_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)
 
@@ -74,8 +74,8 @@ class UNetGenerator(nn.Module):
         norm = check_norm(norm)
         self.spatial_dims = spatial_dims
         self.num_levels = len(channels)
-        conv = Conv[Conv.CONV, spatial_dims]
-        conv_transpose = Conv[Conv.CONVTRANS, spatial_dims]
+        conv = plain_conv(spatial_dims)
+        conv_transpose = transposed_conv(spatial_dims)
         bias = conv_bias(norm)
         innermost = self.num_levels - 1
 

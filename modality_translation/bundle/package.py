@@ -206,7 +206,11 @@ def _packaged_metadata(
 
 
 def _packaged_inference(config: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``inference.json`` with the trained settings as its literal defaults (expressions and references are left alone)."""
+    """``inference.json`` with the trained settings as its literal defaults.
+
+    A setting the config reads from the training record (``$@training_record.setting(...)``) or gives
+    as a literal takes the trained value; other expressions and references are left alone.
+    """
     config = copy.deepcopy(config)
     for key, value in settings.items():
         *parents, leaf = key.split("#")
@@ -215,7 +219,8 @@ def _packaged_inference(config: dict[str, Any], settings: Mapping[str, Any]) -> 
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             current = node[leaf]
-            if not (isinstance(current, str) and current[:1] in ("$", "@", "%")):
+            from_record = isinstance(current, str) and current.startswith("$@training_record.setting(")
+            if from_record or not (isinstance(current, str) and current[:1] in ("$", "@", "%")):
                 node[leaf] = value
     return config
 

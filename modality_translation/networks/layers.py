@@ -208,7 +208,10 @@ def _small_map_conv(conv: nn.Module, x: torch.Tensor, transposed: bool) -> torch
     plain = conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     if transposed:
         plain = plain and conv.output_padding == (0, 0)
-    if not (small and plain and torch.is_grad_enabled() and conv.weight.requires_grad) or parametrize.is_parametrized(conv):
+    # Only where a weight gradient will be computed; never while TorchScript records the graph (an
+    # autograd Function cannot be exported).
+    training = conv.training and torch.is_grad_enabled() and conv.weight.requires_grad
+    if not (small and plain and training) or parametrize.is_parametrized(conv) or torch.jit.is_tracing():
         return None
     weight, bias = conv.weight, conv.bias
     device_type = x.device.type

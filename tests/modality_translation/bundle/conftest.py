@@ -56,7 +56,9 @@ def make_tiny_trained_bundle(name: str, destination: Path, record: bool = True, 
     torch.save(state, models / "model.pt")
     os.utime(models / "model.pt", (MODEL_TIME, MODEL_TIME))
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    source, target = inference["source"], inference["target"]
+    # The modalities as trained (train.json's literals; inference.json takes them from the record).
+    trained = json.loads((bundle / "configs" / "train.json").read_text())
+    source, target = trained["source"], trained["target"]
     if record:
         (models / "references").mkdir()
         nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)),

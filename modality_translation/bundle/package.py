@@ -167,6 +167,15 @@ def _eval_metrics(bundle_dir: Path, summaries: Mapping[str, Path]) -> dict[str, 
     return metrics
 
 
+def _format_statistic(metric: str, stats: Mapping[str, Any]) -> str:
+    """``"ssim 0.75 ± 0.02"``; the mean alone where one subject gives no spread; ``"fid 31.2"`` for a dataset value."""
+    if "mean" not in stats:
+        return f"{metric} {stats['value']:.4g}"
+    if stats.get("std") is None:
+        return f"{metric} {stats['mean']:.4g} (one subject)"
+    return f"{metric} {stats['mean']:.4g} ± {stats['std']:.3g}"
+
+
 def _describe(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted(values.items())) or "none"
 
@@ -240,8 +249,7 @@ def _readme_section(name: str, version: str, record: Mapping[str, Any] | None, e
     if not eval_metrics:
         lines.append("- not evaluated before packaging")
     for direction, entry in eval_metrics.items():
-        values = ", ".join(f"{metric} {stats['mean']:.4g} ± {stats['std']:.3g}" if "mean" in stats else f"{metric} {stats['value']:.4g}"
-                           for metric, stats in entry["metrics"].items())
+        values = ", ".join(_format_statistic(metric, stats) for metric, stats in entry["metrics"].items())
         lines.append(f"- {direction} (`{entry['file']}`): {values}")
     lines += ["", "TorchScript: " + ", ".join(
         f"`models/{TORCHSCRIPT_NAMES[direction]}` ({direction}, by torch.jit.{entry['method']} on "

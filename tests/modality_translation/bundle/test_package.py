@@ -170,3 +170,19 @@ def test_command_line_error_is_one_line(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "model.pt" in result.stderr and "train the bundle first" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_evaluation_of_one_subject_has_no_spread(tmp_path):
+    # The small demo's test split can hold one subject: its summary has a mean and no standard deviation.
+    bundle = make_tiny_trained_bundle("pix2pix_t1_t2", tmp_path / "bundles")
+    summary_path = bundle / "eval" / "t1_to_t2" / "metrics_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["ssim"] = {"mean": 0.61, "median": 0.61, "n": 1, "n_non_finite": 0, "std": None}
+    summary_path.write_text(json.dumps(summary))
+    os.utime(summary_path, (MODEL_TIME + 60, MODEL_TIME + 60))
+    archive = zipfile.ZipFile(package_bundle(bundle, tmp_path / "packages"))
+    metadata = json.loads(archive.read("pix2pix_t1_t2/configs/metadata.json"))
+    assert metadata["eval_metrics"]["t1_to_t2"]["metrics"]["ssim"] == {"mean": 0.61, "std": None}
+    (tmp_path / "metadata.json").write_bytes(archive.read("pix2pix_t1_t2/configs/metadata.json"))
+    verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+    assert "ssim 0.61 (one subject)" in archive.read("pix2pix_t1_t2/docs/README.md").decode()

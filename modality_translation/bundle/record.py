@@ -132,11 +132,6 @@ class TrainingRecord:
     bundle: Mapping[str, Any] = field(default_factory=dict)
     dataset: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def exists(self) -> bool:
-        """Whether the record was read from a file (``False``: a bundle trained before records existed)."""
-        return self.folder is not None
-
     def setting(self, name: str, default: Any = None) -> Any:
         """The trained value of an inference config id, or ``default`` when the record has none."""
         return self.settings.get(name, default)
@@ -216,7 +211,7 @@ def read_training_record(models_dir: str | os.PathLike) -> TrainingRecord:
         models_dir: the bundle's ``models/`` folder.
 
     Returns:
-        The record (``exists`` is ``False`` when there is no file: defaults then apply).
+        The record (empty, ``folder`` ``None``, when there is no file: defaults then apply).
 
     Raises:
         TrainingRecordError: a file that is not a record of a known format.

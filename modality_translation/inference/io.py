@@ -112,11 +112,8 @@ class CanonicalVolume:
         return apply_orientation(canonical_ijk, ornt_transform(_LPS, io_orientation(self.nifti.affine)))
 
 
-def read_volume(path: str | os.PathLike, what: str = "volume") -> CanonicalVolume:
-    """Read a NIfTI volume and permute/flip it to canonical orientation (no interpolation).
-
-    An oblique grid is brought to the closest canonical axes; its slices are then slightly oblique,
-    which the network tolerates better than the blur a resampling would add.
+def read_nifti_voxels(path: str | os.PathLike, what: str = "volume") -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """A 3D NIfTI file's image and its voxels (float32, the file's [i, j, k] order), checked.
 
     Raises:
         InputReadError: missing, unreadable, truncated, not 3D, or NaN/infinite voxels.
@@ -129,6 +126,19 @@ def read_volume(path: str | os.PathLike, what: str = "volume") -> CanonicalVolum
     n_bad = int(np.count_nonzero(~np.isfinite(data)))
     if n_bad:
         raise InputReadError(path, f"{n_bad} voxels of the {what} are NaN or infinite")
+    return nifti, data
+
+
+def read_volume(path: str | os.PathLike, what: str = "volume") -> CanonicalVolume:
+    """Read a NIfTI volume and permute/flip it to canonical orientation (no interpolation).
+
+    An oblique grid is brought to the closest canonical axes; its slices are then slightly oblique,
+    which the network tolerates better than the blur a resampling would add.
+
+    Raises:
+        InputReadError: missing, unreadable, truncated, not 3D, or NaN/infinite voxels.
+    """
+    nifti, data = read_nifti_voxels(path, what)
     to_canonical = ornt_transform(io_orientation(nifti.affine), _LPS)
     canonical_ijk = apply_orientation(data, to_canonical)
     voxel_sizes = np.linalg.norm(nifti.affine[:3, :3], axis=0)

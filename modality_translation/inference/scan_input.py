@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from medgan_common.atomic import atomic_write_with
 from medgan_common.errors import InputReadError
 from modality_translation.inference.intensity import IntensityMapping, IntensityMismatchError
-from modality_translation.inference.io import read_nifti_header
+from modality_translation.inference.io import read_nifti_voxels
 from preprocessing.dicom import DEFAULT_SERIES_RULES, read_dicom_series, scan_dicom_folder, select_series
 
 __all__ = ["Scan", "nifti_to_sitk", "read_scan", "write_nifti_like"]
@@ -146,14 +146,7 @@ def write_nifti_like(scan: Scan, image: sitk.Image, path: str | os.PathLike) -> 
 
 
 def _read_nifti_scan(path: Path, mapping: IntensityMapping) -> Scan:
-    nifti = read_nifti_header(path, "scan to translate")
-    try:
-        data = np.asarray(nifti.dataobj, dtype=np.float32).reshape(nifti.shape[:3])
-    except Exception as exc:  # truncated gzip (EOFError), short file (OSError), bad zlib stream...
-        raise InputReadError(path, f"cannot read the voxels (truncated or corrupt file?): {exc}") from exc
-    n_bad = int(np.count_nonzero(~np.isfinite(data)))
-    if n_bad:
-        raise InputReadError(path, f"{n_bad} voxels are NaN or infinite")
+    nifti, data = read_nifti_voxels(path, "scan to translate")
     mapping.check_intensities(data, path, "scan to translate", acquired=True)
     return Scan(path=path, image=nifti_to_sitk(nifti, data), modality=mapping.modality, nifti=nifti)
 

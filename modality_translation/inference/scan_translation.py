@@ -25,7 +25,6 @@ every file is written under a temporary name and renamed, so a bad input leaves 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -81,9 +80,7 @@ class ScanTranslator:
         self.registration = record.registration(source_modality)
         # The translator keeps its network and slice settings; only the intensity mappings change,
         # from the cohort's already-normalised volumes to a scan in raw units.
-        self.translator = copy.copy(translator)
-        self.translator.source, self.translator.target = self.source, self.target
-        self.translator.slice_kwargs = {**translator.slice_kwargs, "pad_value": self.source.background_value}
+        self.translator = translator.with_intensities(self.source, self.target)
         self.model = model
         self.dicom_rules = dicom_rules
         self.ct_artefact = dict(record.ct_artefact) if self.source.is_ct else {}

@@ -15,6 +15,7 @@ Entry points: :class:`VolumeTranslator` (files, SimpleITK images, arrays) and :f
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -270,6 +271,14 @@ class VolumeTranslator:
             slice_size=slice_size, axis=axis, neighbours=neighbours, batch_size=batch_size,
             pad_value=self.source.background_value, interpolation=interpolation, amp=amp,
         )
+
+    def with_intensities(self, source: IntensityMapping, target: IntensityMapping) -> VolumeTranslator:
+        """The same network and slice settings with other intensity mappings (e.g. raw scans instead of a
+        cohort's normalised volumes); the padding follows the new source's background."""
+        other = copy.copy(self)
+        other.source, other.target = source, target
+        other.slice_kwargs = {**self.slice_kwargs, "pad_value": source.background_value}
+        return other
 
     def translate_array(self, volume: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None) -> np.ndarray:
         """Translate a canonical [z, y, x] volume in the source modality's units.

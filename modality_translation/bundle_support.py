@@ -45,7 +45,7 @@ DATALIST_NAME = dataset_keys.DATALIST_FILE
 
 #: Command-line options naming the config files of a ``python -m monai.bundle`` command (fire
 #: accepts the hyphenated spelling too).
-_CONFIG_FILE_OPTIONS = ("--config_file", "--config-file")
+_CONFIG_FILE_OPTIONS = ("config_file", "config-file")
 
 
 def _root_of_config_folder(folder: Path) -> Path:
@@ -85,14 +85,37 @@ def config_file_from_argv(argv: Sequence[str] | None = None) -> str | None:
         The first config file as written (a list value gives its first file), or ``None`` when the
         command line has no such option.
     """
-    argv = list(sys.argv if argv is None else argv)
-    for position, argument in enumerate(argv):
-        for option in _CONFIG_FILE_OPTIONS:
-            if argument == option and position + 1 < len(argv):
-                return _first_config_file(argv[position + 1])
-            if argument.startswith(option + "="):
-                return _first_config_file(argument[len(option) + 1:])
-    return None
+    options = command_line_options(argv)
+    value = next((options[name] for name in _CONFIG_FILE_OPTIONS if options.get(name) is not None), None)
+    return None if value is None else _first_config_file(value)
+
+
+def command_line_options(argv: Sequence[str] | None = None) -> dict[str, str | None]:
+    """Every ``--name value`` / ``--name=value`` option of a command line, as typed (``None`` for a bare ``--name``).
+
+    Args:
+        argv: the command line (default ``sys.argv``); its first element, the program, is skipped.
+
+    Returns:
+        ``{name: value}``, the last value of a repeated option winning.
+    """
+    args = list(sys.argv if argv is None else argv)[1:]
+    options: dict[str, str] = {}
+    index = 0
+    while index < len(args):
+        argument = args[index]
+        index += 1
+        if not argument.startswith("--"):
+            continue
+        name, separator, value = argument[2:].partition("=")
+        if not separator:
+            if index < len(args) and not args[index].startswith("--"):
+                value = args[index]
+                index += 1
+            else:
+                value = None
+        options[name] = value
+    return options
 
 
 def bundle_root(default: str | os.PathLike | None = None) -> str:

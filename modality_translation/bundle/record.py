@@ -90,24 +90,11 @@ def command_line_overrides(argv: Sequence[str] | None = None) -> dict[str, str]:
     argv = list(sys.argv if argv is None else argv)
     if not argv or Path(argv[0]).parent.name != "bundle" or Path(argv[0]).parent.parent.name != "monai":
         return {}
-    overrides: dict[str, str] = {}
-    args = argv[1:]
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        index += 1
-        if not arg.startswith("--"):
-            continue
-        key, _, value = arg[2:].partition("=")
-        if not _:
-            if index < len(args) and not args[index].startswith("--"):
-                value = args[index]
-                index += 1
-            else:
-                value = "True"  # a bare flag, as fire reads it
-        if key not in _MONAI_RUN_ARGUMENTS:
-            overrides[key] = value
-    return overrides
+    from modality_translation.bundle_support import command_line_options  # the one command-line parser
+
+    # A bare flag is True, as fire reads it.
+    return {name: "True" if value is None else value
+            for name, value in command_line_options(argv).items() if name not in _MONAI_RUN_ARGUMENTS}
 
 
 @dataclass(frozen=True)

@@ -193,9 +193,14 @@ class _SmallMapConv2d(torch.autograd.Function):
             # unfolded gradient's column p holds at row (o, i, j). Direct: weight[o, c, i, j] multiplies
             # the unfolded input's (c, i, j) row at column p into grad[b, o, p].
             small, large = (x, grad) if ctx.transposed else (grad, x)
-            columns = F.unfold(large, weight.shape[-2:], padding=ctx.padding, stride=ctx.stride)
-            grad_weight = torch.einsum("bcp,bkp->ck", small.reshape(*small.shape[:2], -1), columns)
-            grad_weight = grad_weight.reshape(weight.shape).contiguous(memory_format=torch.channels_last)
+            kernel = weight.shape[-2:]
+            columns = F.unfold(large, kernel, padding=ctx.padding, stride=ctx.stride)
+            # The product is laid out (small channel, kernel position, large channel): viewed as the
+            # weight's shape it is already channels-last, the parameters' layout on this path, so
+            # no reorder of the (large) weight gradient follows.
+            columns = columns.reshape(columns.shape[0], large.shape[1], kernel[0] * kernel[1], columns.shape[-1])
+            grad_weight = torch.einsum("bcp,bokp->cko", small.reshape(*small.shape[:2], -1), columns)
+            grad_weight = grad_weight.reshape(weight.shape[0], *kernel, weight.shape[1]).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None

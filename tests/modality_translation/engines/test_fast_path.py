@@ -151,3 +151,20 @@ def test_small_map_weight_gradient_equals_torch(transposed, size):
     torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_small_map_weight_gradient_arrives_in_the_weights_channels_last_layout(transposed):
+    # A gradient in another layout than its parameter would be copied into the parameter's layout
+    # on accumulation: the fast path exists to avoid such copies of the large weights.
+    torch.manual_seed(0)
+    cls, plain_cls = (ConvTranspose2d, nn.ConvTranspose2d) if transposed else (Conv2d, nn.Conv2d)
+    conv, plain = cls(12, 6, 4, stride=2, padding=1), plain_cls(12, 6, 4, stride=2, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    conv.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 12, 8, 8).contiguous(memory_format=torch.channels_last)
+    conv(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    assert conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.grad.is_contiguous()
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)

@@ -161,33 +161,94 @@ def _padded_conv(conv: nn.Module, x: torch.Tensor, functional: Any) -> torch.Ten
 #: Largest input map (positions per sample) whose weight gradient is one matrix product: measured on a
 #: 1-thread AMX core, 2.5-10x faster than oneDNN's kernel up to 16x16 inputs, 2-4x slower at 32x32.
 SMALL_MAP_POSITIONS = 256
+#: Largest input map whose forward pass and input gradient are matrix products too. oneDNN reorders
+#: the whole weight into its blocked format on every call; on the U-Net's 512-channel levels that
+#: reorder costs more than the arithmetic (a 1024->512 transposed convolution of a 2x2 map takes
+#: 8 ms, its matrix product 1.7 ms; of an 8x8 map 12 vs 6 ms), up to 8x8 inputs; at 16x16 oneDNN is
+#: as fast or faster (measured on a 1-thread AMX core, bfloat16, channels-last).
+MATMUL_POSITIONS = 64
+
+
+def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The weight ``(a, b, kh, kw)`` as the matrix ``(a, kh * kw * b)``: a view when it is channels-last."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding)`` as one matrix product with the unfolded input.
+
+    The weight ``(out, in, kh, kw)`` is used as the matrix of its channels-last memory, ``(out, (kh, kw, in))``,
+    so the unfolded columns are ordered (position, kernel offset, channel). Returns a channels-last tensor.
+    """
+    batch, channels = x.shape[:2]
+    kernel = weight.shape[-2:]
+    columns = F.unfold(x, kernel, padding=padding, stride=stride)
+    positions = columns.shape[-1]
+    columns = columns.view(batch, channels, kernel[0] * kernel[1], positions).permute(0, 3, 2, 1)
+    output = columns.reshape(batch, positions, -1) @ _weight_matrix(weight).t()
+    height = (x.shape[-2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    return output.view(batch, height, positions // height, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+def _transposed_conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride, padding, size) -> torch.Tensor:
+    """``F.conv_transpose2d(x, weight, None, stride, padding)`` of output size ``size``, as a matrix product and a fold.
+
+    The weight ``(in, out, kh, kw)`` is the matrix ``(in, (kh, kw, out))`` of its channels-last memory;
+    each input position's product is the patch it adds to the output, summed by ``F.fold`` in float32
+    (one rounding to the input's dtype, as a convolution kernel rounds its float32 accumulator).
+    Returns a channels-last tensor.
+    """
+    batch, channels, height, width = x.shape
+    kernel = weight.shape[-2:]
+    rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    patches = rows @ _weight_matrix(weight)
+    patches = patches.view(batch, height * width, kernel[0] * kernel[1], weight.shape[1]).permute(0, 3, 2, 1)
+    patches = patches.reshape(batch, -1, height * width).float()
+    output = F.fold(patches, tuple(size), kernel, padding=padding, stride=stride)
+    return output.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
 class _SmallMapConv2d(torch.autograd.Function):
-    """A 2D (transposed) convolution, groups 1, dilation 1, whose weight gradient is one matrix product.
+    """A 2D (transposed) convolution, groups 1, dilation 1, on a small map: matrix products instead of oneDNN.
 
-    The input gradient is PyTorch's own (``aten.convolution_backward``). The weight gradient is the
-    sum over samples and positions of products of the input with the gradient: with the larger map
-    unfolded (``F.unfold``: one column of ``channels * kernel`` values per position of the smaller
-    map), it is ``small_map @ columns.T``, the same products summed in another order.
+    The weight gradient is the sum over samples and positions of products of the input with the
+    gradient: with the larger map unfolded (``F.unfold``: one column of ``channels * kernel`` values
+    per position of the smaller map), it is ``small_map @ columns.T``, the same products summed in
+    another order. On inputs of at most :data:`MATMUL_POSITIONS` positions the forward pass and the
+    input gradient are matrix products as well (a convolution's input gradient is the transposed
+    convolution of its output gradient with the same weight, and the other way round); elsewhere
+    they are PyTorch's (``F.conv2d`` / ``aten.convolution_backward``).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, transposed):  # type: ignore[override]
+        matmul = x.shape[-2] * x.shape[-1] <= MATMUL_POSITIONS
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.transposed, ctx.has_bias = stride, padding, transposed, bias is not None
+        ctx.stride, ctx.padding, ctx.transposed, ctx.has_bias, ctx.matmul = stride, padding, transposed, bias is not None, matmul
+        if not matmul:
+            if transposed:
+                return F.conv_transpose2d(x, weight, bias, stride, padding)
+            return F.conv2d(x, weight, bias, stride, padding)
         if transposed:
-            return F.conv_transpose2d(x, weight, bias, stride, padding)
-        return F.conv2d(x, weight, bias, stride, padding)
+            size = [(n - 1) * s - 2 * p + k for n, s, p, k in zip(x.shape[-2:], stride, padding, weight.shape[-2:])]
+            output = _transposed_conv_as_matmul(x, weight, stride, padding, size)
+        else:
+            output = _conv_as_matmul(x, weight, stride, padding)
+        return output if bias is None else output + bias.view(1, -1, 1, 1)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), ctx.transposed, (0, 0), 1, (True, False, False)
-            )[0]
+            if not ctx.matmul:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), ctx.transposed, (0, 0), 1, (True, False, False)
+                )[0]
+            elif ctx.transposed:
+                grad_x = _conv_as_matmul(grad, weight, ctx.stride, ctx.padding)
+            else:
+                grad_x = _transposed_conv_as_matmul(grad, weight, ctx.stride, ctx.padding, x.shape[-2:])
         if ctx.needs_input_grad[1]:
             # Transposed: weight[c, o, i, j] multiplies x[b, c, p] into the output element that the
             # unfolded gradient's column p holds at row (o, i, j). Direct: weight[o, c, i, j] multiplies

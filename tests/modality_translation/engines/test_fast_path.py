@@ -15,7 +15,13 @@ from torch import nn
 from modality_translation.engines import CycleGANTrainer, adam_optimizer
 from modality_translation.losses import AdversarialLoss
 from modality_translation.networks import PatchGANDiscriminator, ResNetGenerator, UNetGenerator
-from modality_translation.networks.layers import Conv2d, ConvTranspose2d, InstanceNorm2d, layout_preserving_norms
+from modality_translation.networks.layers import (
+    MATMUL_POSITIONS,
+    Conv2d,
+    ConvTranspose2d,
+    InstanceNorm2d,
+    layout_preserving_norms,
+)
 
 SIZE = 64
 #: Losses of the fast path lie within this relative distance of the float32 path's (plus LOSS_ATOL):
@@ -147,8 +153,11 @@ def test_small_map_weight_gradient_equals_torch(transposed, size):
     grad = torch.randn_like(y_plain)
     y.backward(grad)
     y_plain.backward(grad)
-    torch.testing.assert_close(y, y_plain, rtol=0, atol=0)
-    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-5, atol=1e-6)
+    # Up to 8x8 inputs the forward pass and the input gradient are matrix products too: the same
+    # sums in another order.
+    exact = 0 if size * size > MATMUL_POSITIONS else 1e-5
+    torch.testing.assert_close(y, y_plain, rtol=exact, atol=exact)
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
 
@@ -168,3 +177,30 @@ def test_small_map_weight_gradient_arrives_in_the_weights_channels_last_layout(t
     assert conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.grad.is_contiguous()
     torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("stride, padding, kernel", [(2, 1, 4), (1, 1, 3), (1, 0, 1)])
+def test_small_map_matrix_products_in_bfloat16_match_onednn(transposed, stride, padding, kernel):
+    # Under autocast on a small channels-last map: the forward pass, the input and weight gradients
+    # agree with oneDNN's bfloat16 kernels within bfloat16 rounding (a few units in the last place).
+    torch.manual_seed(0)
+    cls, plain_cls = (ConvTranspose2d, nn.ConvTranspose2d) if transposed else (Conv2d, nn.Conv2d)
+    conv, plain = cls(32, 24, kernel, stride=stride, padding=padding), plain_cls(32, 24, kernel, stride=stride, padding=padding)
+    plain.load_state_dict(conv.state_dict())
+    conv.to(memory_format=torch.channels_last)
+    plain.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_plain = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_plain = conv(x), plain(x_plain)
+    assert y.dtype == y_plain.dtype == torch.bfloat16 and y.shape == y_plain.shape
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(y.shape)
+    y.float().backward(grad)
+    y_plain.float().backward(grad)
+    scale = y_plain.detach().float().abs().max()
+    torch.testing.assert_close(y.float(), y_plain.float(), rtol=0, atol=2**-6 * scale)
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=0, atol=2**-6 * x_plain.grad.abs().max())
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=0, atol=2**-6 * plain.weight.grad.abs().max())
+    torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-2, atol=1e-2)

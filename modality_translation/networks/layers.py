@@ -165,7 +165,7 @@ SMALL_MAP_POSITIONS = 256
 #: the whole weight into its blocked format on every call; on the U-Net's 512-channel levels that
 #: reorder costs more than the arithmetic (a 1024->512 transposed convolution of a 2x2 map takes
 #: 8 ms, its matrix product 1.7 ms; of an 8x8 map 12 vs 6 ms), up to 8x8 inputs; at 16x16 oneDNN is
-#: as fast or faster (measured on a 1-thread AMX core, bfloat16, channels-last).
+#: as fast or faster (measured on a 1-thread AMX core, bfloat16, channels-last). Channels-last only.
 MATMUL_POSITIONS = 64
 
 
@@ -222,7 +222,10 @@ class _SmallMapConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, transposed):  # type: ignore[override]
-        matmul = x.shape[-2] * x.shape[-1] <= MATMUL_POSITIONS
+        # Channels-last weights and inputs are matrices as they lie in memory; other layouts would
+        # be copied on every call (and keep oneDNN's float32 numerics on the default path).
+        matmul = x.shape[-2] * x.shape[-1] <= MATMUL_POSITIONS and all(
+            t.is_contiguous(memory_format=torch.channels_last) for t in (x, weight))
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.transposed, ctx.has_bias, ctx.matmul = stride, padding, transposed, bias is not None, matmul
         if not matmul:

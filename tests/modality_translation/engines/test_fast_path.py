@@ -147,6 +147,7 @@ def test_small_map_weight_gradient_equals_torch(transposed, size):
     cls, plain_cls = (ConvTranspose2d, nn.ConvTranspose2d) if transposed else (Conv2d, nn.Conv2d)
     conv, plain = cls(12, 6, 4, stride=2, padding=1), plain_cls(12, 6, 4, stride=2, padding=1)
     plain.load_state_dict(conv.state_dict())
+    conv.to(memory_format=torch.channels_last)
     x = torch.randn(3, 12, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
     x_plain = x.detach().clone().requires_grad_()
     y, y_plain = conv(x), plain(x_plain)

@@ -39,10 +39,15 @@ def seeded_loader():
     return DataLoader(dataset, batch_size=2, shuffle=True)
 
 
-def build(max_epochs, save_dir=None, load_path=None, seed=0):
-    """Trainer with LR schedulers, a small image pool (so that it fills and swaps) and dropout."""
+def build(max_epochs, save_dir=None, load_path=None, seed=0, fast=False):
+    """Trainer with LR schedulers, a small image pool (so that it fills and swaps) and dropout.
+
+    ``fast``: the CPU fast path (bfloat16 autocast, channels-last networks and their optimiser steps)
+    on U-Net generators, whose small maps take the matrix-product convolutions.
+    """
     trainer = make_trainer(max_epochs=max_epochs, loader=seeded_loader(), seed=seed, pool_size=3, dropout=0.2,
-                           generator_steps_per_discriminator_step=2)
+                           generator_steps_per_discriminator_step=2, amp=fast, amp_dtype="bfloat16", channels_last=fast,
+                           unet=fast)
     schedulers = {
         "g_scheduler": linear_decay_scheduler(trainer.g_optimizer, 1, 2),
         "d_scheduler": linear_decay_scheduler(trainer.d_optimizer, 1, 2),
@@ -67,19 +72,25 @@ def assert_same(first, second):
         assert torch.equal(a, b)
 
 
-def test_resume_gives_identical_weights_and_state(tmp_path):
-    straight, straight_schedulers = build(max_epochs=2)
+@pytest.mark.parametrize("fast", [False, True])
+def test_resume_gives_identical_weights_and_state(tmp_path, fast):
+    straight, straight_schedulers = build(max_epochs=2, fast=fast)
     straight.run()
 
-    first, _ = build(max_epochs=1, save_dir=tmp_path)
+    first, _ = build(max_epochs=1, save_dir=tmp_path, fast=fast)
     first.run()
     saved = checkpoint_path(tmp_path, 1)
     assert saved.is_file() and latest_checkpoint(tmp_path) == str(saved)
+    # The fast path's checkpoint has the float32 path's content: moments in the parameters' shapes.
+    content = torch.load(saved, weights_only=True)
+    shapes = [tuple(p.shape) for net in (first.g_ab, first.g_ba) for p in net.parameters()]
+    assert [tuple(content["g_optimizer"]["state"][i]["exp_avg"].shape) for i in range(len(shapes))] == shapes
+    assert all(value.dtype == torch.float32 for value in content["g_ab"].values() if value.is_floating_point())
 
     # A new process would build everything from other random draws: the checkpoint must override them.
     torch.manual_seed(1234)
     np.random.seed(99)
-    resumed, resumed_schedulers = build(max_epochs=2, load_path=saved, seed=77)
+    resumed, resumed_schedulers = build(max_epochs=2, load_path=saved, seed=77, fast=fast)
     resumed.run()
 
     assert resumed.state.epoch == 2 and resumed.state.iteration == straight.state.iteration

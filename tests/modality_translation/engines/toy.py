@@ -49,10 +49,19 @@ def unpaired_loader(count: int = 16, batch_size: int = 4, shuffle: bool = True) 
 
 
 def make_trainer(max_epochs: int = 1, loader: DataLoader | None = None, seed: int = 0, **kwargs) -> CycleGANTrainer:
-    """A CycleGAN trainer on tiny networks created from ``seed``; ``kwargs`` go to the trainer."""
+    """A CycleGAN trainer on tiny networks created from ``seed``; ``kwargs`` go to the trainer.
+
+    ``unet=True`` takes small U-Net generators (32x32 inputs) instead of two convolutions.
+    """
     torch.manual_seed(seed)
     dropout = kwargs.pop("dropout", 0.0)
-    g_ab, g_ba = tiny_generator(dropout=dropout), tiny_generator(dropout=dropout)
+    if kwargs.pop("unet", False):
+        # Down to 1x1 on 32x32 images: every small-map path of the fast CPU layers.
+        from modality_translation.networks import UNetGenerator
+
+        g_ab, g_ba = (UNetGenerator(channels=(8, 16, 16, 16, 16), dropout=dropout) for _ in range(2))
+    else:
+        g_ab, g_ba = tiny_generator(dropout=dropout), tiny_generator(dropout=dropout)
     d_a, d_b = tiny_discriminator(), tiny_discriminator()
     lr_g = kwargs.pop("lr_g", 2e-3)
     lr_d = kwargs.pop("lr_d", 2e-3)

@@ -259,12 +259,16 @@ class _SmallMapConv2d(torch.autograd.Function):
             small, large = (x, grad) if ctx.transposed else (grad, x)
             kernel = weight.shape[-2:]
             columns = F.unfold(large, kernel, padding=ctx.padding, stride=ctx.stride)
-            # The product is laid out (small channel, kernel position, large channel): viewed as the
-            # weight's shape it is already channels-last, the parameters' layout on this path, so
-            # no reorder of the (large) weight gradient follows.
-            columns = columns.reshape(columns.shape[0], large.shape[1], kernel[0] * kernel[1], columns.shape[-1])
-            grad_weight = torch.einsum("bcp,bokp->cko", small.reshape(*small.shape[:2], -1), columns)
-            grad_weight = grad_weight.reshape(weight.shape[0], *kernel, weight.shape[1]).permute(0, 3, 1, 2)
+            small = small.reshape(*small.shape[:2], -1)
+            if weight.is_contiguous(memory_format=torch.channels_last):
+                # Laid out (small channel, kernel position, large channel), the product viewed in
+                # the weight's shape is already channels-last: no reorder of the large gradient
+                # before it accumulates into the parameter.
+                columns = columns.reshape(columns.shape[0], large.shape[1], kernel[0] * kernel[1], columns.shape[-1])
+                grad_weight = torch.einsum("bcp,bokp->cko", small, columns)
+                grad_weight = grad_weight.reshape(weight.shape[0], *kernel, weight.shape[1]).permute(0, 3, 1, 2)
+            else:
+                grad_weight = torch.einsum("bcp,bkp->ck", small, columns).reshape(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None

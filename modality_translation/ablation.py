@@ -16,7 +16,7 @@ continues where it stopped when started again: a training resumes from its last 
 finished one returns at once), inference and evaluation are repeated.
 
     python -m modality_translation.ablation bundles/unit_t1_t2 [--rows NAME ...] [--work-dir DIR]
-        [--table-dir DIR] [--set KEY=VALUE ...] [--train-set KEY=VALUE ...]
+        [--table-dir DIR] [--set KEY=VALUE ...] [--train-set KEY=VALUE ...] [--jobs N]
 
 ``--set`` overrides go to all three stages (e.g. ``dataset_dir=...``, ``image_size=64``), ``--train-set``
 overrides to the training only (e.g. ``train#trainer#max_epochs=75``): a MONAI config refuses an
@@ -26,6 +26,7 @@ override of a key it does not have.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import io
 import json
@@ -254,6 +255,7 @@ def run_ablation(
     table_dir: str | os.PathLike | None = None,
     overrides: Mapping[str, str] | None = None,
     training_overrides: Mapping[str, str] | None = None,
+    jobs: int = 1,
 ) -> tuple[Path, Path]:
     """Train, translate and evaluate every row of a bundle's ablation, then write the tables.
 
@@ -266,6 +268,9 @@ def run_ablation(
             bundle's ``eval/ablation``.
         overrides: config overrides of every stage (``{"dataset_dir": "...", "image_size": "64"}``).
         training_overrides: config overrides of the training only (``{"train#trainer#max_epochs": "75"}``).
+        jobs: rows run at the same time, each in its own processes (its stages one after the other);
+            give each its share of the cores (``OMP_NUM_THREADS``). The rows share the cohort: with
+            more than one job, build and preprocess it first.
 
     Returns:
         The paths of ``ablation.md`` and ``ablation.csv``.
@@ -279,8 +284,10 @@ def run_ablation(
     work = None if work_dir is None else Path(work_dir).resolve()
     tables = Path(table_dir) if table_dir is not None else (work or bundle / "eval" / "ablation")
     overrides = dict(overrides or {})
-    results = []
-    for row in selected:
+    if jobs < 1:
+        raise AblationError(bundle, f"jobs must be at least 1, got {jobs}")
+
+    def run_row(row: AblationRow) -> tuple[AblationRow, dict[str, dict]]:
         ckpt_dir, output_dir = row_folders(row, bundle, work)
         logs = (work / row.name) if work is not None else output_dir
         for stage in STAGES:
@@ -288,7 +295,17 @@ def run_ablation(
             print(f"[ablation] row {row.row} {row.name}: {stage}", flush=True)
             _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides),
                        logs / f"{stage}.log", row, stage)
-        results.append((row, read_row_metrics(output_dir)))
+        return row, read_row_metrics(output_dir)
+
+    # Threads only wait for the rows' processes; a failed row stops the rows not yet started.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_row, row) for row in selected]
+        try:
+            results = [future.result() for future in futures]
+        except AblationError:
+            for future in futures:
+                future.cancel()
+            raise
     settings = " ".join(f"--{key} {value}" for key, value in {**overrides, **(training_overrides or {})}.items())
     note = (f"Ablation of `{bundle.name}`: each row trained, translated and evaluated with its overlay "
             f"(`configs/ablation/<name>.json`){'; overrides: `' + settings + '`' if settings else ''}.")
@@ -309,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where ablation.md and ablation.csv go (default: the work folder, else the bundle's eval/ablation)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override of every stage, e.g. dataset_dir=demo_data/preprocessed (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="rows run at the same time (default 1); the cohort must exist first when above 1")
     parser.add_argument("--train-set", dest="training_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override of the training only, e.g. train#trainer#max_epochs=75 (repeatable)")
     args = parser.parse_args(argv)
@@ -316,10 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         training_overrides = parse_overrides(args.training_overrides)
         read_rows(args.bundle, args.rows)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     except ValueError as error:
         parser.error(str(error))
     try:
-        md_path, csv_path = run_ablation(args.bundle, args.rows, args.work_dir, args.table_dir, overrides, training_overrides)
+        md_path, csv_path = run_ablation(args.bundle, args.rows, args.work_dir, args.table_dir, overrides, training_overrides,
+                                         args.jobs)
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

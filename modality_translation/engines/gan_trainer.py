@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medgan_common.host_memory import retain_freed_host_memory
+from modality_translation.networks.layers import reused_weight_casts
 
 try:  # Ignite is a MONAI engine dependency; imported here for the event names only.
     from ignite.engine import Events
@@ -374,10 +375,14 @@ class GANTrainer(Trainer):
         Workflow.run(self)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast context of the forward passes (a no-op without AMP)."""
+        """Autocast context of the forward passes (a no-op without AMP), with :func:`reused_weight_casts`."""
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype)
+        region = contextlib.ExitStack()
+        region.enter_context(torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype))
+        # The small-map convolutions' own weight casts, kept for the region as autocast keeps its own.
+        region.enter_context(reused_weight_casts())
+        return region
 
     def zero_grad(self, optimizer_name: str) -> None:
         """Release (or zero) the gradients of an optimiser's parameters before its step's forward pass."""

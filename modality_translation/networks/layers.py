@@ -27,7 +27,9 @@ matrix-unit convolutions take channels-last bfloat16 tensors):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -221,7 +223,11 @@ class _SmallMapConv2d(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, transposed):  # type: ignore[override]
+    def forward(ctx, x, weight, compute_weight, bias, stride, padding, transposed):  # type: ignore[override]
+        # ``weight`` is the parameter (its gradient is returned in its dtype); ``compute_weight`` the
+        # same values in the computation's dtype, cast outside the graph (see _cast_weight).
+        ctx.parameter_dtype = weight.dtype
+        weight = compute_weight
         # Channels-last weights and inputs are matrices as they lie in memory; other layouts would
         # be copied on every call (and keep oneDNN's float32 numerics on the default path).
         matmul = x.shape[-2] * x.shape[-1] <= MATMUL_POSITIONS and all(
@@ -269,9 +275,43 @@ class _SmallMapConv2d(torch.autograd.Function):
                 grad_weight = grad_weight.reshape(weight.shape[0], *kernel, weight.shape[1]).permute(0, 3, 1, 2)
             else:
                 grad_weight = torch.einsum("bcp,bkp->ck", small, columns).reshape(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_weight = grad_weight.to(ctx.parameter_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return grad_x, grad_weight, None, grad_bias, None, None, None
+
+
+_WEIGHT_CASTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("weight_casts", default=None)
+
+
+@contextlib.contextmanager
+def reused_weight_casts() -> Iterator[None]:
+    """Within this context the small-map convolutions cast each weight to the autocast dtype once.
+
+    Autocast keeps the casts of the weights it makes within one autocast region; the small-map
+    convolutions cast their weights themselves, so without this context a generator called two or
+    three times in one step casts its (large) weights each time. A cast is reused only while the
+    parameter is unchanged (same tensor and version: an optimiser step in the context invalidates it).
+    :meth:`GANTrainer.autocast <modality_translation.engines.gan_trainer.GANTrainer.autocast>` enters it
+    with autocast.
+    """
+    token = _WEIGHT_CASTS.set({})
+    try:
+        yield
+    finally:
+        _WEIGHT_CASTS.reset(token)
+
+
+def _cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, outside the autograd graph, from the context's cache when it holds it."""
+    cache = _WEIGHT_CASTS.get()
+    entry = None if cache is None else cache.get(id(weight))
+    if entry is not None and entry[0] is weight and entry[1] == weight._version and entry[2].dtype == dtype:
+        return entry[2]
+    cast = weight.detach().to(dtype)
+    if cache is not None:
+        cache[id(weight)] = (weight, weight._version, cast)
+    return cast
 
 
 def _small_map_conv(conv: nn.Module, x: torch.Tensor, transposed: bool) -> torch.Tensor | None:
@@ -287,14 +327,15 @@ def _small_map_conv(conv: nn.Module, x: torch.Tensor, transposed: bool) -> torch
     if not (small and plain and training) or parametrize.is_parametrized(conv) or torch.jit.is_tracing():
         return None
     weight, bias = conv.weight, conv.bias
+    compute_weight = weight
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         # What autocast does to a convolution's arguments.
         dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
+        x, compute_weight = x.to(dtype), _cast_weight(weight, dtype)
         bias = None if bias is None else bias.to(dtype)
     with torch.autocast(device_type, enabled=False):
-        return _SmallMapConv2d.apply(x, weight, bias, conv.stride, conv.padding, transposed)
+        return _SmallMapConv2d.apply(x, weight, compute_weight, bias, conv.stride, conv.padding, transposed)
 
 
 class Conv2d(nn.Conv2d):

@@ -203,7 +203,7 @@ def test_ablation_runner_trains_translates_evaluates_each_row_and_writes_the_tab
     md_path, csv_path = run_ablation(
         BUNDLE, rows, work_dir=tmp_path / "work", table_dir=tmp_path / "tables",
         overrides={"dataset_dir": str(demo_dataset), **{key: str(value) for key, value in TINY_NETWORKS.items()}},
-        training_overrides={**training, "train#trainer#max_epochs": "1"},
+        training_overrides={**training, "train#trainer#max_epochs": "1"}, jobs=2,
     )
     with open(csv_path) as handle:
         records = list(csv.DictReader(handle))
@@ -237,3 +237,6 @@ def test_ablation_runner_names_the_failed_row_and_stage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation_main([str(BUNDLE), "--set", "image_size"])
     assert "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        ablation_main([str(BUNDLE), "--jobs", "0"])
+    assert exit_info.value.code == 2 and "--jobs must be at least 1" in capsys.readouterr().err

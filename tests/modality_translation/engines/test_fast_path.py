@@ -207,3 +207,39 @@ def test_small_map_matrix_products_in_bfloat16_match_onednn(transposed, stride, 
     torch.testing.assert_close(x.grad, x_plain.grad, rtol=0, atol=2**-6 * x_plain.grad.abs().max())
     torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=0, atol=2**-6 * plain.weight.grad.abs().max())
     torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_weight_casts_are_reused_within_the_region_until_the_weight_changes(monkeypatch):
+    # Two calls of one convolution under autocast: one bfloat16 copy of the weight, the gradients of
+    # both calls in the float32 parameter; an in-place change of the weight gives a new copy.
+    import modality_translation.networks.layers as layers
+
+    casts = []
+    cast_weight = layers._cast_weight
+    monkeypatch.setattr(layers, "_cast_weight", lambda weight, dtype: casts.append(cast_weight(weight, dtype)) or casts[-1])
+    torch.manual_seed(0)
+    conv, plain = ConvTranspose2d(16, 8, 4, stride=2, padding=1), nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    conv.to(memory_format=torch.channels_last)
+    first, second = (torch.randn(1, 16, 4, 4).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16), layers.reused_weight_casts():
+        loss = conv(first).float().square().sum() + conv(second).float().square().sum()
+        plain_loss = plain(first).float().square().sum() + plain(second).float().square().sum()
+    assert len(casts) == 2 and casts[0] is casts[1] and casts[0].dtype == torch.bfloat16
+    loss.backward()
+    plain_loss.backward()
+    assert conv.weight.grad.dtype == torch.float32
+    scale = plain.weight.grad.abs().max()
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=0, atol=2**-6 * scale)
+
+    with torch.no_grad():
+        conv.weight.mul_(0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16), layers.reused_weight_casts():
+        conv(first)
+    assert casts[-1] is not casts[0]
+    torch.testing.assert_close(casts[-1].float(), conv.weight.detach() * 1.0, rtol=2**-8, atol=0)
+    # Outside the context every call casts anew.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(first)
+        conv(first)
+    assert casts[-1] is not casts[-2]

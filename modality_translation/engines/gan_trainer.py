@@ -133,6 +133,13 @@ def resolve_amp_dtype(device: torch.device, amp_dtype: str | torch.dtype | None)
     return dtype
 
 
+@contextlib.contextmanager
+def _mixed_precision_region(device_type: str, dtype: torch.dtype) -> Iterator[None]:
+    """Autocast, with the small-map convolutions' own weight casts kept for the region as autocast keeps its own."""
+    with torch.autocast(device_type=device_type, dtype=dtype), reused_weight_casts():
+        yield
+
+
 def has_batch_norm(*networks: nn.Module) -> bool:
     """Whether any network holds a batch-normalisation layer (its output then depends on the batch)."""
     return any(isinstance(m, _BatchNorm) for net in networks for m in net.modules())
@@ -378,11 +385,7 @@ class GANTrainer(Trainer):
         """Autocast context of the forward passes (a no-op without AMP), with :func:`reused_weight_casts`."""
         if not self.amp:
             return contextlib.nullcontext()
-        region = contextlib.ExitStack()
-        region.enter_context(torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype))
-        # The small-map convolutions' own weight casts, kept for the region as autocast keeps its own.
-        region.enter_context(reused_weight_casts())
-        return region
+        return _mixed_precision_region(self.state.device.type, self.amp_dtype)
 
     def zero_grad(self, optimizer_name: str) -> None:
         """Release (or zero) the gradients of an optimiser's parameters before its step's forward pass."""

@@ -22,7 +22,10 @@ matrix-unit convolutions take channels-last bfloat16 tensors):
   a small map (the U-Net's 512-channel levels, 1x1 to 16x16) at a small fraction of the machine's
   rate (tens of GFLOP/s: its reduction runs over few positions while the weights are large); there
   the gradient is one matrix product of the smaller map with the larger one unfolded instead, the
-  same sum of products in another order.
+  same sum of products in another order. On channels-last inputs of at most 8x8 the forward pass and
+  the input gradient are matrix products on the weight as it lies in memory too (oneDNN reorders the
+  whole weight on every call), and within :func:`reused_weight_casts` each weight is cast to the
+  autocast dtype once, not once per call.
 """
 
 from __future__ import annotations
@@ -165,9 +168,9 @@ def _padded_conv(conv: nn.Module, x: torch.Tensor, functional: Any) -> torch.Ten
 SMALL_MAP_POSITIONS = 256
 #: Largest input map whose forward pass and input gradient are matrix products too. oneDNN reorders
 #: the whole weight into its blocked format on every call; on the U-Net's 512-channel levels that
-#: reorder costs more than the arithmetic (a 1024->512 transposed convolution of a 2x2 map takes
-#: 8 ms, its matrix product 1.7 ms; of an 8x8 map 12 vs 6 ms), up to 8x8 inputs; at 16x16 oneDNN is
-#: as fast or faster (measured on a 1-thread AMX core, bfloat16, channels-last). Channels-last only.
+#: reorder costs more than the arithmetic up to 8x8 inputs, while at 16x16 oneDNN was as fast or
+#: faster (profiled on a 1-thread AMX core, bfloat16, channels-last; the end-to-end effect is in
+#: ``benchmarks/bench_training.py``). Channels-last only.
 MATMUL_POSITIONS = 64
 
 
@@ -343,8 +346,10 @@ class Conv2d(nn.Conv2d):
 
     Under autocast, reflection/replication padding runs in the autocast dtype. In training, the weight
     gradient of a zero-padded convolution (groups 1, dilation 1) on CPU of an input of at most
-    :data:`SMALL_MAP_POSITIONS` positions per sample is one matrix product; the input and
-    parameters are then cast to the autocast dtype as autocast casts them. Elsewhere it is ``nn.Conv2d``.
+    :data:`SMALL_MAP_POSITIONS` positions per sample is one matrix product, and on channels-last
+    inputs of at most :data:`MATMUL_POSITIONS` positions the forward pass and the input gradient are
+    too; the input and parameters are then cast to the autocast dtype as autocast casts them.
+    Elsewhere it is ``nn.Conv2d``.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -369,7 +374,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     oneDNN computes that gradient on the U-Net's 512-channel levels (1x1 to 16x16 maps) at tens of
     GFLOP/s: its reduction runs over few positions while the weights are large. Same conditions as
-    :class:`Conv2d`, and no output padding.
+    :class:`Conv2d` (including the matrix-product forward pass and input gradient on channels-last
+    inputs of at most 8x8), and no output padding.
     """
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:

@@ -5,8 +5,8 @@ contiguous in the default layout: for a network kept channels-last (the fast pat
 ``GANTrainer(channels_last=True)``) that is a copy of each 4D/5D parameter, its gradient and both
 moment estimates into the default layout and back, on every step. For the two U-Net-256 generators
 (109 M parameters) on one CPU thread that more than doubled the step in a profile. The update is
-element-wise, so it may run on any view that lists the same elements in memory order: here, for the step only, each channels-last parameter, its gradient and its state are
-replaced by their permuted views (``(N, H, W, C)`` order), which are contiguous; afterwards the
+element-wise, so it may run on any view that lists the same elements in memory order: here, for
+the step only, each channels-last parameter, its gradient and its state are replaced by their permuted views (``(N, H, W, C)`` order), which are contiguous; afterwards the
 parameters, gradients and state are views of the same memory again in their own shape and layout.
 Nothing is copied, and the state dict keeps its shapes: checkpoints are those of ``torch.optim.Adam``.
 """

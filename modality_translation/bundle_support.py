@@ -352,3 +352,44 @@ def require_modality(modality: str, kind: str, setting: str = "source") -> str:
             f"as its {setting}"
         )
     return name
+
+
+def check_ct_window(datalist: str | os.PathLike, window: Any, out_range: Sequence[float] = (-1.0, 1.0)) -> str:
+    """The datalist, checked to record the CT window the bundle's configuration was made for.
+
+    A CT bundle computes its network's CT channels (``modality_translation.networks.WindowedCTNetwork``)
+    from the CT slices on the scale the preprocessing wrote them in (``ct_window`` of ``dataset.json``);
+    slices windowed otherwise would give the network other values than those it was designed (or
+    trained) for, and the synthetic CT would go back to HU through the wrong inverse.
+
+    Args:
+        datalist: the cohort's ``dataset.json``.
+        window: the bundle's ``ct_window`` (preset name, ``{"center", "width"}`` or ``[center, width]``).
+        out_range: the network scale the window maps to.
+
+    Returns:
+        ``datalist``, as a string.
+
+    Raises:
+        DatalistError: a datalist without CT window, or with another window or range (both named,
+            with the override that would match it).
+    """
+    from preprocessing.windowing import get_window  # the windowing presets, one definition
+
+    path = Path(datalist)
+    recorded = read_datalist(path).get(dataset_keys.CT_WINDOW)
+    expected = get_window(window)
+    expected_range = [float(v) for v in out_range]
+    if not isinstance(recorded, Mapping) or "center" not in recorded or "width" not in recorded:
+        raise DatalistError(path, f"records no CT window ({dataset_keys.CT_WINDOW!r}): it was not preprocessed with CT")
+    recorded_range = [float(v) for v in (recorded.get("out_range") or expected_range)]
+    same = (abs(float(recorded["center"]) - expected.center) < 1e-6 and abs(float(recorded["width"]) - expected.width) < 1e-6
+            and recorded_range == expected_range)
+    if not same:
+        raise DatalistError(
+            path, f"records its CT slices windowed with centre {float(recorded['center']):g} HU, width "
+            f"{float(recorded['width']):g} HU onto {recorded_range}, but the bundle's ct_window is centre {expected.center:g}, "
+            f"width {expected.width:g} onto {expected_range}: the network's CT channels would be computed from other values. "
+            f"Preprocess the cohort with the bundle's window, or train for this one (--ct_window#center "
+            f"{float(recorded['center']):g} --ct_window#width {float(recorded['width']):g}; the channel windows must lie inside it)")
+    return str(path)

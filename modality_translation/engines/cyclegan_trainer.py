@@ -82,6 +82,9 @@ class CycleGANTrainer(GANTrainer):
             :class:`~modality_translation.losses.AdversarialLoss` (BCE, as the seed studies).
         cycle_loss: ``loss(reconstructed, original)``; default L1 (CycleGAN). The CT<->MRI bundle passes
             SSIM + perceptual (:class:`~modality_translation.losses.CycleConsistencyLoss`).
+        cycle_loss_a: the cycle loss of domain A (``rec_A`` against ``A``) when it differs from domain B's;
+            default ``cycle_loss``. The CT <-> MR bundle compares CTs through their window channels
+            (:class:`~modality_translation.losses.TransformedLoss`).
         identity_loss: ``loss(G_AB(B), B)``; default L1.
         lambda_cycle: weight of the cycle loss (10 in CycleGAN and the seeds).
         lambda_identity: weight of the identity loss; CycleGAN's default is 0.5 * lambda_cycle = 5;
@@ -118,6 +121,7 @@ class CycleGANTrainer(GANTrainer):
         d_optimizer: torch.optim.Optimizer,
         adversarial_loss: Any | None = None,
         cycle_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        cycle_loss_a: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         identity_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         lambda_cycle: float = 10.0,
         lambda_identity: float = 5.0,
@@ -141,6 +145,7 @@ class CycleGANTrainer(GANTrainer):
         )
         self.adversarial_loss = adversarial_loss if adversarial_loss is not None else AdversarialLoss()
         self.cycle_loss = cycle_loss if cycle_loss is not None else nn.L1Loss()
+        self.cycle_loss_a = cycle_loss_a if cycle_loss_a is not None else self.cycle_loss
         self.identity_loss = identity_loss if identity_loss is not None else nn.L1Loss()
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
@@ -195,7 +200,7 @@ class CycleGANTrainer(GANTrainer):
             images = {"real_A": real_a, "fake_B": fake_b, "rec_A": rec_a, "real_B": real_b, "fake_A": fake_a, "rec_B": rec_b}
             adv_ab = self.adversarial_loss.generator_loss(logits_fake_b.float())
             adv_ba = self.adversarial_loss.generator_loss(logits_fake_a.float())
-            cycle_a = self.cycle_loss(rec_a.float(), real_a.float())
+            cycle_a = self.cycle_loss_a(rec_a.float(), real_a.float())
             cycle_b = self.cycle_loss(rec_b.float(), real_b.float())
             loss_g = adv_ab + adv_ba + self.lambda_cycle * (cycle_a + cycle_b)
             losses = {"loss_adv_AB": adv_ab, "loss_adv_BA": adv_ba, "loss_cycle_A": cycle_a, "loss_cycle_B": cycle_b}

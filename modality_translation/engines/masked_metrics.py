@@ -154,12 +154,19 @@ class MaskedMAE(_MaskedMean):
     """Mean absolute error inside a mask, per image, averaged over images (e.g. HU of a synthetic CT slice).
 
     Args:
+        scale: units per unit of the images (e.g. 1500 HU for a CT windowed to [-1000, 2000] HU on
+            [-1, 1]: the window width / 2), so that the error is reported in those units.
         output_transform: maps the engine output to ``(pred, label, mask)``.
         device: device of the accumulators.
     """
 
+    def __init__(self, scale: float = 1.0, output_transform: Callable = lambda x: x,
+                 device: str | torch.device = "cpu") -> None:
+        self.scale = float(scale)
+        super().__init__(output_transform=output_transform, device=device)
+
     def per_image(self, pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         inside = mask[:, :1].expand_as(pred)
         counts = inside.flatten(1).sum(1)
-        sums = ((pred - label).abs() * inside).flatten(1).sum(1)
+        sums = ((pred - label).abs() * self.scale * inside).flatten(1).sum(1)
         return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from modality_translation.networks.init import WeightsFileError, load_checked_state_dict, read_state_dict_file, require_local_file
+from modality_translation.networks.windowed_ct import windowed_input_channels
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -70,14 +71,16 @@ def load_network_weights(network: nn.Module, weights: str | os.PathLike, key: st
 
 
 def input_channels(weights: nn.Module | Mapping[str, torch.Tensor]) -> int | None:
-    """Input channels of a 2D generator: those of its first convolution kernel (``None`` without one).
+    """Input channels of a 2D generator: those of its first convolution kernel (``None`` without one), per
+    channel given to it (a :class:`~modality_translation.networks.WindowedCTNetwork` expands each CT channel
+    into its windows).
 
     Args:
         weights: the network or its state dict (parameters in definition order, as PyTorch keeps them).
     """
     tensors = weights.state_dict().values() if isinstance(weights, nn.Module) else weights.values()
     kernel = next((t for t in tensors if torch.is_tensor(t) and t.ndim == 4), None)
-    return None if kernel is None else int(kernel.shape[1])
+    return None if kernel is None else int(kernel.shape[1]) // windowed_input_channels(weights)
 
 
 def check_neighbours(weights: nn.Module | Mapping[str, torch.Tensor], neighbours: int, what: str | os.PathLike) -> None:

@@ -9,6 +9,7 @@ from modality_translation.losses.cycle import CycleConsistencyLoss
 from modality_translation.losses.kl import latent_kl
 from modality_translation.losses.perceptual import PerceptualLoss
 from modality_translation.losses.reconstruction import RECONSTRUCTION_PENALTIES, reconstruction_penalty
+from modality_translation.losses.transformed import TransformedLoss
 
 __all__ = [
     "ADVERSARIAL_MODES",
@@ -17,6 +18,7 @@ __all__ = [
     "CycleConsistencyLoss",
     "PerceptualLoss",
     "RECONSTRUCTION_PENALTIES",
+    "TransformedLoss",
     "charbonnier",
     "latent_kl",
     "reconstruction_penalty",

@@ -30,9 +30,18 @@ from modality_translation.networks.unit_network import (
 )
 from modality_translation.networks.unit_translation import UNITTranslation
 from modality_translation.networks.vgg19 import VGG19_LAYER_INDEX, VGG19FeatureExtractor
+from modality_translation.networks.windowed_ct import (
+    DEFAULT_CT_CHANNEL_WINDOWS,
+    CTWindowBlend,
+    CTWindowChannels,
+    WindowedCTNetwork,
+)
 
 __all__ = [
     "ATTENTION_PLACES",
+    "CTWindowBlend",
+    "CTWindowChannels",
+    "DEFAULT_CT_CHANNEL_WINDOWS",
     "DIRECTIONS",
     "PIX2PIX_UNET_256_CHANNELS",
     "PatchGANDiscriminator",
@@ -50,6 +59,7 @@ __all__ = [
     "UNetGenerator",
     "VGG19FeatureExtractor",
     "VGG19_LAYER_INDEX",
+    "WindowedCTNetwork",
     "WeightsFileError",
     "apply_spectral_norm",
     "check_attention",

@@ -170,7 +170,10 @@ def load_checked_state_dict(
         problems.append("shape mismatches: " + _list_keys(mismatched))
     if problems:
         raise WeightsFileError(path, "does not match the network; " + "; ".join(problems))
-    module.load_state_dict({key: state[key] for key in expected}, strict=True)
+    try:
+        module.load_state_dict({key: state[key] for key in expected}, strict=True)
+    except ValueError as error:  # a module refusing what its buffers record (e.g. WindowedCTNetwork's windows)
+        raise WeightsFileError(path, str(error)) from None
 
 
 def _list_keys(keys: list) -> str:

@@ -198,12 +198,14 @@ def verify_metadata_and_network_shapes(configs: Path) -> None:
                       config_file=str(configs / "train.json"), device="cpu", bundle_root=str(configs.parent))
 
 
-def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path, **overrides) -> torch.jit.ScriptModule:
+def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path, net_id: str = "network_def",
+                          **overrides) -> torch.jit.ScriptModule:
     """Export the trained tiny generator ``key`` of ``models/model.pt`` to TorchScript with ``ckpt_export``; load it.
 
-    ``overrides`` are more config overrides of ``inference.json`` (e.g. ``{"network_def#direction": "b_to_a"}``).
+    ``net_id`` is the config id of its network (``"g_ba_def"`` where the two generators differ); ``overrides``
+    are more config overrides of ``inference.json`` (e.g. ``{"network_def#direction": "b_to_a"}``).
     """
-    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(models / "model.pt"),
+    ckpt_export(net_id=net_id, filepath=str(exported), ckpt_file=str(models / "model.pt"),
                 key_in_ckpt=key, meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
                 use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE,
                 generator_channels=TINY_NETWORKS["generator_channels"], bundle_root=str(configs.parent), **overrides)

@@ -70,6 +70,9 @@ def test_training_writes_checkpoints_model_grids_and_validation_metrics(trained)
     for metric in ("val_ct_to_t2_ssim", "val_t2_to_ct_ssim"):
         values = [float(v) for v in re.findall(rf"Metrics -- .*{metric}: ([-\d.]+)", log)]
         assert len(values) == 2 and all(-1.0 <= v <= 1.0 for v in values)
+    # The synthetic CT's error in HU inside the head, every validation (the window spans 3000 HU).
+    values = [float(v) for v in re.findall(r"Metrics -- .*val_t2_to_ct_mae_hu: ([\d.]+)", log)]
+    assert len(values) == 2 and all(0.0 < v < 3000.0 for v in values)
     # k = 4: the discriminators are updated at iterations 1, 5, 9, ... only.
     updates = re.findall(r"Epoch: 1/2, Iter: (\d+)/\d+ -- d_updated: ([\d.]+)", log)
     assert updates and all((float(flag) == 1.0) == ((int(i) - 1) % 4 == 0) for i, flag in updates)
@@ -116,16 +119,28 @@ def test_evaluation_gives_mae_in_hu_for_synthetic_ct_and_ssim_for_synthetic_t2(d
     rows, summary = read_metrics(inferred / "t2_to_ct")
     assert [row["subject"] for row in rows] == subjects and all(float(row["mae_hu"]) > 0 for row in rows)
     assert summary["evaluation"]["units"] == "HU" and summary["evaluation"]["target_key"] == "truth_ct_in_t2"
-    rows, _ = read_metrics(inferred / "ct_to_t2")
+    # Where it fails: the MAE per tissue class of the demo labels, and the worst subject as a picture.
+    assert all(float(row[f"mae_hu_{tissue}"]) >= 0 for row in rows for tissue in ("soft_tissue", "bone"))
+    worst = max(rows, key=lambda row: float(row["mae_hu"]))
+    assert summary["worst_subject"] == {"subject": worst["subject"], "metric": "mae_hu",
+                                        "value": pytest.approx(float(worst["mae_hu"])), "grid": "worst_subject.png"}
+    assert (inferred / "t2_to_ct" / "worst_subject.png").stat().st_size > 5000
+    rows, summary = read_metrics(inferred / "ct_to_t2")
     assert [row["subject"] for row in rows] == subjects and all(0.0 < float(row["ssim"]) <= 1.0 for row in rows)
+    assert summary["worst_subject"]["metric"] == "ssim_masked"
+    assert (inferred / "ct_to_t2" / "worst_subject.png").stat().st_size > 5000
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):
     verify_metadata_and_network_shapes(CONFIGS)
     folder, _ = trained
-    network = export_tiny_generator(CONFIGS, folder / "models", "g_ba", tmp_path / "model.ts")
+    # The synthetic-CT generator: T2 in, one CT channel per window out, blended onto the cohort's CT scale.
+    network = export_tiny_generator(CONFIGS, folder / "models", "g_ba", tmp_path / "model.ts", net_id="g_ba_def")
     generator_state = load_generators(folder / "models")["g_ba"]
-    assert torch.equal(network.state_dict()["up.0.1.weight"], generator_state["up.0.1.weight"])
+    assert torch.equal(network.state_dict()["network.up.0.1.weight"], generator_state["network.up.0.1.weight"])
+    assert generator_state["network.up.0.1.weight"].shape[1] == 3  # brain, subdural and the cohort's window
+    fake_ct = network(torch.zeros(1, 1, 32, 32))
+    assert fake_ct.shape == (1, 1, 32, 32) and -1.0 <= fake_ct.min() and fake_ct.max() <= 1.0
 
 
 def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg19_weights, tmp_path, monkeypatch):
@@ -190,3 +205,38 @@ def test_inference_of_a_volume_of_the_wrong_modality_fails_before_translating(de
     error = root_cause(failure.value)
     assert isinstance(error, ModalityMismatchError) and "named as a T2 image but is used as CT" in str(error)
     assert not (tmp_path / "eval").exists()
+
+
+def test_inference_builds_its_networks_with_the_trainings_ct_windows(demo_dataset, trained, tmp_path):
+    folder, _ = trained
+    record = json.loads((folder / "models" / "training_record.json").read_text())
+    assert record["settings"]["ct_channel_windows"][:2] == ["brain", "subdural"]
+    inference = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                               bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(folder / "models"),
+                               output_dir=str(tmp_path / "eval"), **TINY_NETWORKS)
+    inference.initialize()
+    generators = load_generators(folder / "models")
+    for key, translator in (("g_ab", "forward"), ("g_ba", "reverse")):
+        network = inference.parser.get_parsed_content(f"translators#{translator}").network
+        for name, value in generators[key].items():
+            assert torch.equal(network.state_dict()[name].cpu(), value), name
+    # Weights trained through these windows are refused by a network built with others.
+    other = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                           bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(folder / "models"),
+                           output_dir=str(tmp_path / "eval"), ct_channel_windows=["stroke", "subdural", "bone"],
+                           **TINY_NETWORKS)
+    other.initialize()
+    with pytest.raises(Exception) as failure:
+        other.parser.get_parsed_content("translators#forward")
+    error = root_cause(failure.value)
+    assert isinstance(error, WeightsFileError) and "trained with CT input windows [0, 80], [-20, 180]" in str(error)
+
+
+def test_a_cohort_windowed_otherwise_than_the_bundle_is_refused_before_training(demo_dataset, vgg19_weights, tmp_path):
+    def brain_window(content):
+        content["ct_window"] = {"name": "brain", "center": 40.0, "width": 80.0, "out_range": [-1.0, 1.0]}
+
+    copy = absolute_datalist_copy(demo_dataset / "dataset.json", tmp_path / "cohort", brain_window)
+    error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent), vgg19_weights=str(vgg19_weights))
+    assert isinstance(error, DatalistError) and str(error).startswith(str(copy))
+    assert "windowed with centre 40 HU, width 80 HU" in str(error) and "ct_window is centre 500, width 3000" in str(error)

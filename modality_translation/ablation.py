@@ -34,6 +34,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,15 @@ from medgan_common.errors import PreprocessingError
 STAGES = {"training": "train.json", "inference": "inference.json", "evaluate": "evaluate.json"}
 #: Folder of the overlays in a bundle.
 ABLATION_FOLDER = Path("configs") / "ablation"
+#: The wall time of a row's training stage (this run's; a resumed training counts its last part only).
+TRAINING_TIME_FILE = "training_time.json"
+TRAINING_TIME_KEY = "training"
 #: Overlay keys that place a row's outputs, not part of its configuration.
 _PLACEMENT_KEYS = ("ablation", "ckpt_dir", "output_dir")
-#: Summary figures of the table: (key in metrics_summary.json, column title).
-FIGURES = (("ssim_masked", "SSIM (head)"), ("psnr_db", "PSNR (dB)"))
+#: Summary figures of the table: (key in metrics_summary.json, column title); a direction shows those its
+#: evaluation gives (the MAE in HU and that of bone for a synthetic CT).
+FIGURES = (("ssim_masked", "SSIM (head)"), ("psnr_db", "PSNR (dB)"), ("mae_hu", "MAE (HU)"),
+           ("mae_hu_bone", "bone MAE (HU)"))
 
 
 class AblationError(PreprocessingError):
@@ -134,10 +140,30 @@ def row_folders(row: AblationRow, bundle: Path, work_dir: Path | None) -> tuple[
     return bundle / "models" / "ablation" / row.name, bundle / "eval" / "ablation" / row.name
 
 
+def stage_overlay(bundle: Path, stage: str, row: AblationRow, folder: Path) -> Path:
+    """The overlay file of a row for one stage: the row's own for the training; for inference and
+    evaluation, written into ``folder``, the overlay's keys whose first part the stage's config has.
+
+    A row's configuration is its training's (``train#trainer#...``, ``g_optimizer#lr``); inference and
+    evaluation take what their configs know of it (where the data is, how the networks are built, the
+    row's folders), since MONAI refuses to merge a key whose parent a config lacks.
+    """
+    if stage == "training":
+        return row.overlay
+    config = json.loads((bundle / "configs" / STAGES[stage]).read_text())
+    overlay = json.loads(row.overlay.read_text())
+    kept = {key: value for key, value in overlay.items() if key.split("#", 1)[0] in config or key in _PLACEMENT_KEYS}
+    path = folder / f"{stage}_overlay.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(kept, indent=4) + "\n")
+    return path
+
+
 def stage_command(bundle: Path, stage: str, row: AblationRow, ckpt_dir: Path, output_dir: Path,
-                  overrides: Mapping[str, str]) -> list[str]:
-    """The ``python -m monai.bundle run <stage>`` command of a row, its overlay merged over the stage's config."""
-    configs = [str(bundle / "configs" / STAGES[stage]), str(row.overlay)]
+                  overrides: Mapping[str, str], overlay: Path | None = None) -> list[str]:
+    """The ``python -m monai.bundle run <stage>`` command of a row, its overlay (or ``overlay``, see
+    :func:`stage_overlay`) merged over the stage's config."""
+    configs = [str(bundle / "configs" / STAGES[stage]), str(overlay or row.overlay)]
     command = [sys.executable, "-m", "monai.bundle", "run", stage, "--config_file", repr(configs),
                "--output_dir", str(output_dir)]
     if stage != "evaluate":
@@ -191,20 +217,29 @@ def _setting_text(settings: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
 
 
+def direction_figures(results: Sequence[tuple[AblationRow, Mapping[str, dict]]]) -> dict[str, list[tuple[str, str]]]:
+    """``{direction: [(key, title), ...]}``: the figures of :data:`FIGURES` some row's evaluation gives, per direction."""
+    directions = sorted({direction for _, metrics in results for direction in metrics if direction != TRAINING_TIME_KEY})
+    return {direction: [(key, title) for key, title in FIGURES
+                        if any(key in metrics.get(direction, {}) for _, metrics in results)] for direction in directions}
+
+
 def table_rows(results: Sequence[tuple[AblationRow, Mapping[str, dict]]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The CSV columns and one record per row: its declaration, its settings, and per direction the
-    mean, standard deviation and subject count of every figure of :data:`FIGURES`."""
-    directions = sorted({direction for _, metrics in results for direction in metrics})
-    columns = ["row", "name", "description", "settings"]
-    for direction in directions:
-        for key, _ in FIGURES:
+    mean, standard deviation and subject count of every figure of :func:`direction_figures`."""
+    figures = direction_figures(results)
+    columns = ["row", "name", "description", "settings", "training_minutes"]
+    for direction, keys in figures.items():
+        for key, _ in keys:
             columns += [f"{direction}_{key}_mean", f"{direction}_{key}_std", f"{direction}_{key}_n"]
     records = []
     for row, metrics in results:
+        seconds = (metrics.get(TRAINING_TIME_KEY) or {}).get("seconds")
         record: dict[str, Any] = {"row": row.row, "name": row.name, "description": row.description,
-                                  "settings": _setting_text(row.settings)}
-        for direction in directions:
-            for key, _ in FIGURES:
+                                  "settings": _setting_text(row.settings),
+                                  "training_minutes": math.nan if seconds is None else float(seconds) / 60.0}
+        for direction, keys in figures.items():
+            for key, _ in keys:
                 mean, std, count = _figure(metrics.get(direction, {}), key)
                 record.update({f"{direction}_{key}_mean": mean, f"{direction}_{key}_std": std, f"{direction}_{key}_n": count})
         records.append(record)
@@ -214,23 +249,28 @@ def table_rows(results: Sequence[tuple[AblationRow, Mapping[str, dict]]]) -> tup
 def _cell(mean: float, std: float, key: str) -> str:
     if not math.isfinite(mean):
         return "—"
-    digits = 3 if key.startswith("ssim") else 2
+    digits = 3 if key.startswith("ssim") else 0 if key.startswith("mae_hu") else 2
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(std) else f"{mean:.{digits}f}"
 
 
 def markdown_table(results: Sequence[tuple[AblationRow, Mapping[str, dict]]], note: str = "") -> str:
     """The ablation as a Markdown table: one line per row, mean ± sample std of each figure per direction."""
     columns, records = table_rows(results)
-    directions = sorted({direction for _, metrics in results for direction in metrics})
-    header = ["#", "configuration"] + [f"{_direction_title(d)} {title}" for d in directions for _, title in FIGURES]
+    figures = direction_figures(results)
+    header = ["#", "configuration", "training (min)"] + [f"{_direction_title(d)} {title}" for d, keys in figures.items()
+                                                          for _, title in keys]
     lines = [f"| {' | '.join(header)} |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for (row, _), record in zip(results, records):
-        cells = [str(row.row), f"`{row.name}`: {row.description}"]
-        cells += [_cell(record[f"{d}_{key}_mean"], record[f"{d}_{key}_std"], key) for d in directions for key, _ in FIGURES]
+        minutes = record["training_minutes"]
+        cells = [str(row.row), f"`{row.name}`: {row.description}", f"{minutes:.1f}" if math.isfinite(minutes) else "—"]
+        cells += [_cell(record[f"{d}_{key}_mean"], record[f"{d}_{key}_std"], key) for d, keys in figures.items()
+                  for key, _ in keys]
         lines.append(f"| {' | '.join(cells)} |")
-    counts = sorted({record[f"{d}_{FIGURES[0][0]}_n"] for record in records for d in directions})
+    counts = sorted({record[f"{d}_{keys[0][0]}_n"] for record in records for d, keys in figures.items() if keys})
     footer = (f"\nMean ± sample standard deviation over the held-out subjects (n = {', '.join(map(str, counts))}); "
-              "SSIM inside the head mask (data range 2), PSNR on the [-1, 1] scale.")
+              "SSIM inside the head mask (data range 2 on the network scale; for a synthetic CT the SynthRAD "
+              "conventions, HU clipped to [-1024, 3000], data range 4024), PSNR likewise; MAE in HU inside the head, "
+              "unclipped.")
     return "\n".join(([note, ""] if note else []) + lines) + "\n" + footer + "\n"
 
 
@@ -293,9 +333,16 @@ def run_ablation(
         for stage in STAGES:
             stage_overrides = {**overrides, **(training_overrides or {})} if stage == "training" else overrides
             print(f"[ablation] row {row.row} {row.name}: {stage}", flush=True)
-            _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides),
+            overlay = stage_overlay(bundle, stage, row, logs)
+            started = time.monotonic()
+            _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides, overlay),
                        logs / f"{stage}.log", row, stage)
-        return row, read_row_metrics(output_dir)
+            if stage == "training":
+                atomic_write_text(logs / TRAINING_TIME_FILE, json.dumps({"seconds": time.monotonic() - started}) + "\n")
+        metrics = read_row_metrics(output_dir)
+        timing = logs / TRAINING_TIME_FILE
+        metrics[TRAINING_TIME_KEY] = json.loads(timing.read_text()) if timing.is_file() else {}
+        return row, metrics
 
     # Threads only wait for the rows' processes; a failed row stops the rows not yet started.
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:

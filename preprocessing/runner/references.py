@@ -258,4 +258,43 @@ def prepare_references(pool: WorkerPool, config: dict, inputs: CohortInputs, rea
             references[modality] = {**record, "key": keys[modality]}
     references = dict(sorted(references.items()))
     atomic_write_json(record_path, references)
+    montage = output / "references" / COMMON_SPACE_MONTAGE
+    if space is not None and len(references) > 1 and (todo or not montage.is_file()):
+        common_space_montage(references, space, output / "references", montage)
     return references
+
+
+#: The QC picture of the references in the common space, in ``OUT/references/``.
+COMMON_SPACE_MONTAGE = "qc_common_space.png"
+
+
+def common_space_montage(references: Mapping[str, Mapping[str, Any]], space: str, folder: Path, path: Path) -> Path:
+    """The registration montage of every reference onto the common space's: one pose for all modalities.
+
+    Each reference is shown on the ``space`` reference's grid before (by scanner position) and after
+    its registration, with the contours of the ``space`` reference: a CT <-> MR network trained on
+    slices of these spaces learns contrast only if they agree.
+
+    Args:
+        references: ``references.json``'s records (``image``, and ``own_space_image`` for the aligned ones).
+        space: the common space's modality.
+        folder: ``OUT/references``.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import SimpleITK as sitk
+
+    from preprocessing.qc import RegistrationView, registration_montage
+
+    fixed = sitk.Cast(read_image(folder / references[space]["image"]), sitk.sitkFloat32)
+    views = []
+    for modality, record in references.items():
+        if modality == space or not record.get("own_space_image"):
+            continue
+        own = sitk.Cast(read_image(folder / record["own_space_image"]), sitk.sitkFloat32)
+        before = sitk.Resample(own, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)
+        after = sitk.Cast(read_image(folder / record["image"]), sitk.sitkFloat32)
+        views.append(RegistrationView(f"{modality} reference -> {space} reference", fixed, before, after))
+    return registration_montage(views, path, title=f"references in the common space ({space})")

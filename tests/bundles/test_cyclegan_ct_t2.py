@@ -9,6 +9,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.bundle import run as run_in_process
 
+from modality_translation.ablation import read_rows, stage_overlay
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
 from modality_translation.networks import VGG19FeatureExtractor, WeightsFileError
@@ -240,3 +241,30 @@ def test_a_cohort_windowed_otherwise_than_the_bundle_is_refused_before_training(
     error = fail_before_training(CONFIGS, tmp_path, dataset_dir=str(copy.parent), vgg19_weights=str(vgg19_weights))
     assert isinstance(error, DatalistError) and str(error).startswith(str(copy))
     assert "windowed with centre 40 HU, width 80 HU" in str(error) and "ct_window is centre 500, width 3000" in str(error)
+
+
+def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_path):
+    from monai.bundle import ConfigParser
+
+    rows = {row.name: row for row in read_rows(BUNDLE)}
+    assert list(rows) == ["one_window", "windows", "windows_k1", "windows_l1_cycle", "windows_cyclegan_lr",
+                          "windows_own_spaces"]
+    expected = {
+        "one_window": {"ct_channels": 1},
+        "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4},
+        "windows_k1": {"train#trainer#generator_steps_per_discriminator_step": 1},
+        "windows_l1_cycle": {"cycle_loss_def#l1_weight": 1.0, "cycle_loss_def#ssim_weight": 0.0},
+        "windows_cyclegan_lr": {"g_optimizer#lr": 2e-4, "d_optimizer#lr": 2e-4},
+    }
+    for name, row in rows.items():
+        for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):
+            overlay = stage_overlay(BUNDLE, stage, row, tmp_path / name)
+            parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / config), str(overlay)]))
+            parser["bundle_root"] = str(BUNDLE)
+            assert parser.get_parsed_content("output_dir") == str(BUNDLE / "eval" / "ablation" / name)
+            if stage == "training":
+                assert parser.get_parsed_content("ckpt_dir") == str(BUNDLE / "models" / "ablation" / name)
+                for key, value in expected.get(name, {}).items():
+                    assert parser.get_parsed_content(key) == value, (name, key)
+            if name == "windows_own_spaces" and stage != "training":
+                assert parser.get_parsed_content("dataset_dir").endswith("preprocessed_own_spaces")

@@ -214,8 +214,9 @@ def test_ablation_runner_trains_translates_evaluates_each_row_and_writes_the_tab
             assert math.isfinite(float(record[f"{direction}_psnr_db_mean"]))
             assert int(record[f"{direction}_psnr_db_n"]) == len(split_items(demo_dataset))
     assert 'attention = "encoder"' in records[1]["settings"]
+    assert all(float(record["training_minutes"]) > 0 for record in records)
     table = md_path.read_text()
-    assert "| # | configuration | T1 → T2 SSIM (head) | T1 → T2 PSNR (dB) | T2 → T1 SSIM (head) | T2 → T1 PSNR (dB) |" in table
+    assert "| # | configuration | training (min) | T1 → T2 SSIM (head) | T1 → T2 PSNR (dB) | T2 → T1 SSIM (head) | T2 → T1 PSNR (dB) |" in table
     assert len([line for line in table.splitlines() if re.match(r"\| [16] \| `", line)]) == 2
     # Each row trained its own configuration, in its own folder, one epoch.
     baseline = load_generators(tmp_path / "work" / "baseline" / "models")

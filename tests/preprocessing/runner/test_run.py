@@ -126,6 +126,13 @@ def test_registration_raises_similarity_to_the_reference(run):
         assert _array(run / entry["t1_mask"]).shape == _array(reference).shape  # on the reference grid
 
 
+def png_shape(path):
+    """(rows, columns) of a PNG file, read with Matplotlib's reader (PIL may be absent)."""
+    from matplotlib.image import imread
+
+    return imread(str(path)).shape[:2]
+
+
 def test_common_space_puts_every_modality_of_a_subject_on_one_grid_and_anatomy(run):
     """``registration.common_space: ct`` (demo): the T1 and T2 references are registered onto the CT reference."""
     references = json.loads((run / "references" / "references.json").read_text())
@@ -138,6 +145,10 @@ def test_common_space_puts_every_modality_of_a_subject_on_one_grid_and_anatomy(r
         assert all((run / "references" / name).is_file() for name in record["to_space_transforms"])
         reference = sitk.ReadImage(str(run / "references" / record["image"]))
         assert reference.GetSize() == ct_reference.GetSize() and reference.GetSpacing() == ct_reference.GetSpacing()
+    # The QC picture of the references before and after their registration onto the CT reference:
+    # two modalities, an axial and a sagittal row each.
+    montage = png_shape(run / "references" / "qc_common_space.png")
+    assert montage[0] > montage[1]  # four rows of four panels, and the title
     for entry in _entries(run):
         labels = {m: _array(run / entry[f"truth_labels_in_{m}"]) for m in ("ct", "t1", "t2")}
         grids = {m: sitk.ReadImage(str(run / entry[m])) for m in ("ct", "t1", "t2")}

@@ -233,6 +233,20 @@ def test_configurable_cycle_loss_is_used():
     trainer.run()
     assert len(calls) == 2 * trainer.state.iteration  # both directions every iteration
 
+    # Domain A may have its own cycle loss (the CT <-> MR bundle compares CTs through their windows).
+    domains = []
+
+    def recording(name):
+        def loss(reconstructed, original):
+            domains.append(name)
+            return l1(reconstructed, original)
+        return loss
+
+    trainer = make_trainer(loader=unpaired_loader(count=4), cycle_loss=recording("B"), cycle_loss_a=recording("A"),
+                           lambda_identity=0.0)
+    trainer.run()
+    assert domains == ["A", "B"] * trainer.state.iteration
+
     ssim_trainer = make_trainer(loader=unpaired_loader(count=4), cycle_loss=CycleConsistencyLoss(l1_weight=0, ssim_weight=1, ssim_win_size=7))
     ssim_trainer.run()
     output = ssim_trainer.state.output[0]

@@ -296,5 +296,5 @@ def common_space_montage(references: Mapping[str, Mapping[str, Any]], space: str
         own = sitk.Cast(read_image(folder / record["own_space_image"]), sitk.sitkFloat32)
         before = sitk.Resample(own, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)
         after = sitk.Cast(read_image(folder / record["image"]), sitk.sitkFloat32)
-        views.append(RegistrationView(f"{modality} reference -> {space} reference", fixed, before, after))
+        views.append(RegistrationView(f"{modality} onto {space}", fixed, before, after))
     return registration_montage(views, path, title=f"references in the common space ({space})")

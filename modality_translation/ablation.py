@@ -47,7 +47,8 @@ from medgan_common.errors import PreprocessingError
 STAGES = {"training": "train.json", "inference": "inference.json", "evaluate": "evaluate.json"}
 #: Folder of the overlays in a bundle.
 ABLATION_FOLDER = Path("configs") / "ablation"
-#: The wall time of a row's training stage (this run's; a resumed training counts its last part only).
+#: The wall time of a row's training stages, summed over its starts (a resumed training adds its
+#: remaining part; a finished one, started again, the few seconds it takes to return).
 TRAINING_TIME_FILE = "training_time.json"
 TRAINING_TIME_KEY = "training"
 #: Overlay keys that place a row's outputs, not part of its configuration.
@@ -183,6 +184,16 @@ def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str) -> N
     if status != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise AblationError(log, f"row {row.name!r}: {stage} failed with exit status {status}; last lines:\n{tail}")
+
+
+def record_training_time(path: Path, seconds: float) -> dict[str, Any]:
+    """Add one start's wall time to a row's ``training_time.json`` (``{"seconds": total, "runs": [...]}``)."""
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    runs = [float(v) for v in previous.get("runs", [previous["seconds"]] if "seconds" in previous else [])]
+    runs.append(float(seconds))
+    record = {"seconds": sum(runs), "runs": runs}
+    atomic_write_text(path, json.dumps(record) + "\n")
+    return record
 
 
 def read_row_metrics(output_dir: Path) -> dict[str, dict]:
@@ -338,7 +349,7 @@ def run_ablation(
             _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides, overlay),
                        logs / f"{stage}.log", row, stage)
             if stage == "training":
-                atomic_write_text(logs / TRAINING_TIME_FILE, json.dumps({"seconds": time.monotonic() - started}) + "\n")
+                record_training_time(logs / TRAINING_TIME_FILE, time.monotonic() - started)
         metrics = read_row_metrics(output_dir)
         timing = logs / TRAINING_TIME_FILE
         metrics[TRAINING_TIME_KEY] = json.loads(timing.read_text()) if timing.is_file() else {}

@@ -9,7 +9,8 @@ is one CycleGAN step:
 1. generators: ``fake_B = G_AB(A)``, ``rec_A = G_BA(fake_B)``, ``fake_A = G_BA(B)``, ``rec_B = G_AB(fake_A)``
    (and ``G_AB(B)``, ``G_BA(A)`` for the identity loss);
 2. generator loss ``adv(D_B(fake_B)) + adv(D_A(fake_A)) + lambda_cycle * (cycle(rec_A, A) + cycle(rec_B, B))
-   + lambda_identity * (identity(G_AB(B), B) + identity(G_BA(A), A))``, one Adam step for both generators;
+   + lambda_identity * (identity(G_AB(B), B) + identity(G_BA(A), A))`` (+ ``lambda_background`` times the
+   background consistency loss, off by default), one Adam step for both generators;
 3. every ``generator_steps_per_discriminator_step``-th iteration (1, k + 1, 2k + 1, ...; the base decides), the
    discriminator loss of each domain on its real images against generated images drawn from an
    :class:`~modality_translation.engines.image_pool.ImagePool`, one Adam step for both discriminators.
@@ -53,6 +54,7 @@ LOSS_KEYS = (
     "loss_cycle_A",
     "loss_cycle_B",
     "loss_identity",
+    "loss_background",
     "loss_D",
     "loss_D_A",
     "loss_D_B",
@@ -89,6 +91,15 @@ class CycleGANTrainer(GANTrainer):
         lambda_cycle: weight of the cycle loss (10 in CycleGAN and the seeds).
         lambda_identity: weight of the identity loss; CycleGAN's default is 0.5 * lambda_cycle = 5;
             0 skips the identity forward passes.
+        lambda_background: weight of the background consistency loss (0: off): where an input is
+            background (every channel within ``background_tolerance`` of ``background_value``), its
+            translation must be background too, L1 over those pixels, both directions. Air is the
+            darkest value of CT and MR alike (-1 on the network scale outside the head), so the loss
+            pins the head's outline: the generators cannot grow or shrink the head, which unpaired
+            training otherwise allows (a skull drawn at the scalp, a brain drawn inside the skull).
+        background_value: the network-scale value of the background.
+        background_tolerance: how far from ``background_value`` an input pixel may be and count as
+            background (0.02 on [-1, 1] is 30 HU in a 3000 HU window).
         generator_steps_per_discriminator_step: k of the k:1 update ratio (the CT<->MRI study: 4).
         pool_size: history buffer size of each discriminator (50; 0 disables it).
         pool_seed: seed of the buffers' random generators (domain B's buffer uses ``pool_seed + 1``).
@@ -125,14 +136,18 @@ class CycleGANTrainer(GANTrainer):
         identity_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         lambda_cycle: float = 10.0,
         lambda_identity: float = 5.0,
+        lambda_background: float = 0.0,
+        background_value: float = -1.0,
+        background_tolerance: float = 0.02,
         generator_steps_per_discriminator_step: int = 1,
         pool_size: int = 50,
         pool_seed: int = 0,
         fuse_batches: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if lambda_cycle < 0 or lambda_identity < 0:
-            raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}")
+        if lambda_cycle < 0 or lambda_identity < 0 or lambda_background < 0:
+            raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}, "
+                             f"lambda_background={lambda_background}")
         super().__init__(
             device,
             max_epochs,
@@ -149,6 +164,9 @@ class CycleGANTrainer(GANTrainer):
         self.identity_loss = identity_loss if identity_loss is not None else nn.L1Loss()
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
+        self.lambda_background = float(lambda_background)
+        self.background_value = float(background_value)
+        self.background_tolerance = float(background_tolerance)
         self.fuse_generators = not has_batch_norm(g_ab, g_ba) if fuse_batches is None else bool(fuse_batches)
         self.fuse_discriminators = not has_batch_norm(d_a, d_b) if fuse_batches is None else bool(fuse_batches)
 
@@ -208,11 +226,21 @@ class CycleGANTrainer(GANTrainer):
                 identity = self.identity_loss(idt_b.float(), real_b.float()) + self.identity_loss(idt_a.float(), real_a.float())
                 loss_g = loss_g + self.lambda_identity * identity
                 losses["loss_identity"] = identity
+            if self.lambda_background > 0:
+                background = self.background_loss(fake_b, real_a) + self.background_loss(fake_a, real_b)
+                loss_g = loss_g + self.lambda_background * background
+                losses["loss_background"] = background
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self.optimizer_step("g_optimizer", loss_g)
             self.fire_event(IterationEvents.BACKWARD_COMPLETED)
         losses["loss_G"] = loss_g
         return losses, images
+
+    def background_loss(self, translated: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Mean absolute distance of ``translated`` from the background value where ``source`` is background."""
+        mask = (source.float() <= self.background_value + self.background_tolerance).all(dim=1, keepdim=True)
+        error = (translated.float() - self.background_value).abs() * mask
+        return error.sum() / (mask.sum() * translated.shape[1]).clamp(min=1)
 
     def discriminator_step(self, real_a: torch.Tensor, real_b: torch.Tensor, images: dict) -> dict[str, torch.Tensor]:
         """Update both discriminators on real images and pooled generated ones; return their losses."""
@@ -226,9 +254,11 @@ class CycleGANTrainer(GANTrainer):
         return {"loss_D_A": loss_d_a, "loss_D_B": loss_d_b}
 
     def combine_losses(self, values: dict[str, float], discriminator_updated: bool) -> dict[str, float]:
-        """Add ``loss_cycle`` (both directions), ``loss_identity`` (0 when off) and ``loss_D`` (both domains)."""
+        """Add ``loss_cycle`` (both directions), ``loss_identity`` and ``loss_background`` (0 when off) and
+        ``loss_D`` (both domains)."""
         values["loss_cycle"] = values["loss_cycle_A"] + values["loss_cycle_B"]
         values.setdefault("loss_identity", 0.0)
+        values.setdefault("loss_background", 0.0)
         if discriminator_updated:
             values["loss_D"] = values["loss_D_A"] + values["loss_D_B"]
         return values

@@ -295,3 +295,21 @@ def test_checkpoint_entries_keep_their_names_on_the_trainer_base():
     half = make_trainer(amp=True, amp_dtype="float16")
     assert list(half.checkpoint_objects())[-2:] == ["g_scaler", "d_scaler"]
     assert half.checkpoint_objects()["g_scaler"] is half.g_scaler
+
+
+def test_background_consistency_loss_keeps_the_background_of_the_input():
+    """Where the input is background (-1), the translation is pulled to -1; elsewhere it is free."""
+    trainer = make_trainer(loader=unpaired_loader(count=4), lambda_background=1.0, lambda_identity=0.0)
+    source = torch.full((2, 1, 8, 8), -1.0)
+    source[:, :, 2:6, 2:6] = 0.3  # the head
+    translated = torch.zeros(2, 1, 8, 8)
+    translated[:, :, 2:6, 2:6] = 0.9
+    # 48 background pixels of each image at distance 1 from -1; the head's values do not count.
+    assert trainer.background_loss(translated, source).item() == pytest.approx(1.0)
+    translated[source == -1.0] = -1.0
+    assert trainer.background_loss(translated, source).item() == pytest.approx(0.0)
+    trainer.run()
+    output = trainer.state.output[0]
+    assert output["loss_background"] >= 0.0  # logged every iteration
+    with pytest.raises(ValueError, match="lambda_background"):
+        make_trainer(lambda_background=-1.0)

@@ -16,7 +16,7 @@ continues where it stopped when started again: a training resumes from its last 
 finished one returns at once), inference and evaluation are repeated.
 
     python -m modality_translation.ablation bundles/unit_t1_t2 [--rows NAME ...] [--work-dir DIR]
-        [--table-dir DIR] [--set KEY=VALUE ...] [--train-set KEY=VALUE ...] [--jobs N]
+        [--table-dir DIR] [--set KEY=VALUE ...] [--train-set KEY=VALUE ...] [--jobs N] [--tables-only]
 
 ``--set`` overrides go to all three stages (e.g. ``dataset_dir=...``, ``image_size=64``), ``--train-set``
 overrides to the training only (e.g. ``train#trainer#max_epochs=75``): a MONAI config refuses an
@@ -307,6 +307,7 @@ def run_ablation(
     overrides: Mapping[str, str] | None = None,
     training_overrides: Mapping[str, str] | None = None,
     jobs: int = 1,
+    tables_only: bool = False,
 ) -> tuple[Path, Path]:
     """Train, translate and evaluate every row of a bundle's ablation, then write the tables.
 
@@ -322,6 +323,8 @@ def run_ablation(
         jobs: rows run at the same time, each in its own processes (its stages one after the other);
             give each its share of the cores (``OMP_NUM_THREADS``). The rows share the cohort: with
             more than one job, build and preprocess it first.
+        tables_only: run nothing: write the tables from the rows' finished evaluations (rows run in
+            several starts, e.g. some of them at a time, tabulated together).
 
     Returns:
         The paths of ``ablation.md`` and ``ablation.csv``.
@@ -341,7 +344,7 @@ def run_ablation(
     def run_row(row: AblationRow) -> tuple[AblationRow, dict[str, dict]]:
         ckpt_dir, output_dir = row_folders(row, bundle, work)
         logs = (work / row.name) if work is not None else output_dir
-        for stage in STAGES:
+        for stage in () if tables_only else STAGES:
             stage_overrides = {**overrides, **(training_overrides or {})} if stage == "training" else overrides
             print(f"[ablation] row {row.row} {row.name}: {stage}", flush=True)
             overlay = stage_overlay(bundle, stage, row, logs)
@@ -386,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="config override of every stage, e.g. dataset_dir=demo_data/preprocessed (repeatable)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="rows run at the same time (default 1); the cohort must exist first when above 1")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing; write the tables from the rows' finished evaluations")
     parser.add_argument("--train-set", dest="training_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override of the training only, e.g. train#trainer#max_epochs=75 (repeatable)")
     args = parser.parse_args(argv)
@@ -399,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     try:
         md_path, csv_path = run_ablation(args.bundle, args.rows, args.work_dir, args.table_dir, overrides, training_overrides,
-                                         args.jobs)
+                                         args.jobs, args.tables_only)
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

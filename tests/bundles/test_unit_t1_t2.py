@@ -215,6 +215,10 @@ def test_ablation_runner_trains_translates_evaluates_each_row_and_writes_the_tab
             assert int(record[f"{direction}_psnr_db_n"]) == len(split_items(demo_dataset))
     assert 'attention = "encoder"' in records[1]["settings"]
     assert all(float(record["training_minutes"]) > 0 for record in records)
+    # The same table again from the finished rows, without running anything.
+    again, _ = run_ablation(BUNDLE, rows, work_dir=tmp_path / "work", table_dir=tmp_path / "again", tables_only=True,
+                            overrides={"dataset_dir": str(demo_dataset)})
+    assert again.read_text().splitlines()[2:] == md_path.read_text().splitlines()[2:]
     table = md_path.read_text()
     assert "| # | configuration | training (min) | T1 → T2 SSIM (head) | T1 → T2 PSNR (dB) | T2 → T1 SSIM (head) | T2 → T1 PSNR (dB) |" in table
     assert len([line for line in table.splitlines() if re.match(r"\| [16] \| `", line)]) == 2

@@ -248,7 +248,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
 
     rows = {row.name: row for row in read_rows(BUNDLE)}
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
-                          "windows_cyclegan_lr", "windows_own_spaces"]
+                          "windows_own_spaces"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -256,7 +256,6 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
         "windows_background": {"train#trainer#lambda_background": 10.0},
         "windows_k1": {"train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_l1_cycle": {"cycle_loss_def#l1_weight": 1.0, "cycle_loss_def#ssim_weight": 0.0},
-        "windows_cyclegan_lr": {"g_optimizer#lr": 2e-4, "d_optimizer#lr": 2e-4},
     }
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):

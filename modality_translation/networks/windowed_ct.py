@@ -68,7 +68,18 @@ def check_windows_inside(windows: Sequence[WindowSpec], scale_window: WindowSpec
     return presets
 
 
-class CTWindowChannels(nn.Module):
+class _WindowSet(nn.Module):
+    """The windows of a CT's channels and the scale window they are computed from (see the subclasses)."""
+
+    def __init__(self, windows: Sequence[WindowSpec] = DEFAULT_CT_CHANNEL_WINDOWS,
+                 scale_window: WindowSpec = (500.0, 3000.0), out_range: Sequence[float] = (-1.0, 1.0)) -> None:
+        super().__init__()
+        self.windows = check_windows_inside(windows, scale_window)
+        self.scale_window = get_window(scale_window)
+        self.out_range = tuple(float(v) for v in out_range)
+
+
+class CTWindowChannels(_WindowSet):
     """``(N, S, *spatial)`` CT on the scale window's ``out_range`` -> ``(N, S * C, *spatial)`` window channels.
 
     Each input channel (a slice; ``S = 2N + 1`` for 2.5D) becomes its ``C`` windows, slice-major:
@@ -83,13 +94,6 @@ class CTWindowChannels(nn.Module):
         ValueError: a window beyond the scale window.
     """
 
-    def __init__(self, windows: Sequence[WindowSpec] = DEFAULT_CT_CHANNEL_WINDOWS,
-                 scale_window: WindowSpec = (500.0, 3000.0), out_range: Sequence[float] = (-1.0, 1.0)) -> None:
-        super().__init__()
-        self.windows = check_windows_inside(windows, scale_window)
-        self.scale_window = get_window(scale_window)
-        self.out_range = tuple(float(v) for v in out_range)
-
     def to_hu(self, x: torch.Tensor) -> torch.Tensor:
         """Values on the scale window's range -> HU."""
         return window_to_hu(x, self.scale_window, self.out_range)
@@ -101,7 +105,7 @@ class CTWindowChannels(nn.Module):
         return channels.flatten(1, 2)
 
 
-class CTWindowBlend(nn.Module):
+class CTWindowBlend(_WindowSet):
     """``(N, C, *spatial)`` window channels -> ``(N, 1, *spatial)`` CT on the scale window's ``out_range``.
 
     HU per channel through its window's inverse, averaged with weights ``(1 - u^2) / width`` (``u``:
@@ -119,10 +123,7 @@ class CTWindowBlend(nn.Module):
 
     def __init__(self, windows: Sequence[WindowSpec] = DEFAULT_CT_CHANNEL_WINDOWS,
                  scale_window: WindowSpec = (500.0, 3000.0), out_range: Sequence[float] = (-1.0, 1.0)) -> None:
-        super().__init__()
-        self.windows = check_windows_inside(windows, scale_window)
-        self.scale_window = get_window(scale_window)
-        self.out_range = tuple(float(v) for v in out_range)
+        super().__init__(windows, scale_window, out_range)
         self.widest = max(range(len(self.windows)), key=lambda c: self.windows[c].width)
 
     def to_hu(self, channels: torch.Tensor) -> torch.Tensor:

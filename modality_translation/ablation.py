@@ -51,6 +51,8 @@ ABLATION_FOLDER = Path("configs") / "ablation"
 #: remaining part; a finished one, started again, the few seconds it takes to return).
 TRAINING_TIME_FILE = "training_time.json"
 TRAINING_TIME_KEY = "training"
+#: Per row and validated epoch, the validation figures of its training (from its TensorBoard events).
+VALIDATION_FILE = "ablation_validation.csv"
 #: Overlay keys that place a row's outputs, not part of its configuration.
 _PLACEMENT_KEYS = ("ablation", "ckpt_dir", "output_dir")
 #: Summary figures of the table: (key in metrics_summary.json, column title); a direction shows those its
@@ -177,7 +179,8 @@ def stage_command(bundle: Path, stage: str, row: AblationRow, ckpt_dir: Path, ou
 def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str) -> None:
     """Run one stage, its output in ``log``; raise naming the row, the stage and the log's last lines if it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
+    # Appended: a stage started again (a resumed training) keeps the log of its earlier starts.
+    with open(log, "a") as handle:
         handle.write(" ".join(command) + "\n\n")
         handle.flush()
         status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
@@ -285,6 +288,36 @@ def markdown_table(results: Sequence[tuple[AblationRow, Mapping[str, dict]]], no
     return "\n".join(([note, ""] if note else []) + lines) + "\n" + footer + "\n"
 
 
+def validation_history(output_dir: Path) -> dict[int, dict[str, float]]:
+    """``{epoch: {metric: value}}``: the validation figures a row's training wrote to TensorBoard
+    (``<output_dir>/events.out.tfevents.*``, every start of the training; later values win)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history: dict[int, dict[str, float]] = {}
+    for path in sorted(output_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        for tag in events.Tags().get("scalars", []):
+            if tag.startswith("val_"):
+                for event in events.Scalars(tag):
+                    history.setdefault(int(event.step), {})[tag] = float(event.value)
+    return history
+
+
+def write_validation_history(rows: Sequence[AblationRow], output_dirs: Sequence[Path], path: Path) -> Path:
+    """``ablation_validation.csv``: per row and validated epoch, every validation figure (atomically)."""
+    histories = [(row, validation_history(folder)) for row, folder in zip(rows, output_dirs)]
+    tags = sorted({tag for _, history in histories for values in history.values() for tag in values})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["row", "name", "epoch", *tags])
+    for row, history in histories:
+        for epoch in sorted(history):
+            writer.writerow([row.row, row.name, epoch, *(f"{history[epoch].get(tag, math.nan):.4f}" for tag in tags)])
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
 def write_tables(results: Sequence[tuple[AblationRow, Mapping[str, dict]]], table_dir: Path, note: str = "") -> tuple[Path, Path]:
     """Write ``ablation.md`` and ``ablation.csv`` into ``table_dir`` (atomically); return their paths."""
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +403,10 @@ def run_ablation(
     settings = " ".join(f"--{key} {value}" for key, value in {**overrides, **(training_overrides or {})}.items())
     note = (f"Ablation of `{bundle.name}`: each row trained, translated and evaluated with its overlay "
             f"(`configs/ablation/<name>.json`){'; overrides: `' + settings + '`' if settings else ''}.")
-    return write_tables(results, tables, note)
+    paths = write_tables(results, tables, note)
+    write_validation_history(selected, [row_folders(row, bundle, work)[1] for row in selected],
+                             tables / VALIDATION_FILE)
+    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

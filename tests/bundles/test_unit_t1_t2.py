@@ -215,6 +215,11 @@ def test_ablation_runner_trains_translates_evaluates_each_row_and_writes_the_tab
             assert int(record[f"{direction}_psnr_db_n"]) == len(split_items(demo_dataset))
     assert 'attention = "encoder"' in records[1]["settings"]
     assert all(float(record["training_minutes"]) > 0 for record in records)
+    # The validation figures of every row's training, per epoch, from its TensorBoard events.
+    with open(tmp_path / "tables" / "ablation_validation.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert [(h["name"], h["epoch"]) for h in history] == [(rows[0], "1"), (rows[1], "1")]
+    assert all(-1.0 <= float(h["val_t1_to_t2_ssim"]) <= 1.0 for h in history)
     # The same table again from the finished rows, without running anything.
     again, _ = run_ablation(BUNDLE, rows, work_dir=tmp_path / "work", table_dir=tmp_path / "again", tables_only=True,
                             overrides={"dataset_dir": str(demo_dataset)})

@@ -290,6 +290,8 @@ def common_space_montage(references: Mapping[str, Mapping[str, Any]], space: str
 
     fixed = sitk.Cast(read_image(folder / references[space]["image"]), sitk.sitkFloat32)
     views = []
+    inputs = [input_record(folder / references[space]["image"], f"references/{references[space]['image']}",
+                           f"{space} reference")]
     for modality, record in references.items():
         if modality == space or not record.get("own_space_image"):
             continue
@@ -297,4 +299,9 @@ def common_space_montage(references: Mapping[str, Mapping[str, Any]], space: str
         before = sitk.Resample(own, fixed, sitk.Transform(), sitk.sitkLinear, 0.0)
         after = sitk.Cast(read_image(folder / record["image"]), sitk.sitkFloat32)
         views.append(RegistrationView(f"{modality} onto {space}", fixed, before, after))
-    return registration_montage(views, path, title=f"references in the common space ({space})")
+        inputs += [input_record(folder / record["own_space_image"], f"references/{record['own_space_image']}",
+                                f"{modality} reference, own space"),
+                   input_record(folder / record["image"], f"references/{record['image']}", f"{modality} reference, common space")]
+    registration_montage(views, path, title=f"references in the common space ({space})")
+    write_sidecar(path, "common_space_montage", inputs, {"common_space": space})
+    return path

@@ -192,8 +192,7 @@ def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str) -> N
 def record_training_time(path: Path, seconds: float) -> dict[str, Any]:
     """Add one start's wall time to a row's ``training_time.json`` (``{"seconds": total, "runs": [...]}``)."""
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    runs = [float(v) for v in previous.get("runs", [previous["seconds"]] if "seconds" in previous else [])]
-    runs.append(float(seconds))
+    runs = [*previous.get("runs", []), float(seconds)]
     record = {"seconds": sum(runs), "runs": runs}
     atomic_write_text(path, json.dumps(record) + "\n")
     return record

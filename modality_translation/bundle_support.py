@@ -37,6 +37,7 @@ from modality_translation.data.datalist import (
     slices_key,
 )
 from modality_translation.engines.checkpoint import latest_checkpoint
+from preprocessing.windowing import get_window
 
 __all__ = ["DATALIST_NAME", "bundle_root", "config_file_from_argv", "prepare_datalist", "require_modality", "resume_checkpoint"]
 
@@ -374,8 +375,6 @@ def check_ct_window(datalist: str | os.PathLike, window: Any, out_range: Sequenc
         DatalistError: a datalist without CT window, or with another window or range (both named,
             with the override that would match it).
     """
-    from preprocessing.windowing import get_window  # the windowing presets, one definition
-
     path = Path(datalist)
     recorded = read_datalist(path).get(dataset_keys.CT_WINDOW)
     expected = get_window(window)

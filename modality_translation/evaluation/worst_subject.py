@@ -33,7 +33,7 @@ from preprocessing.windowing import hu_to_window
 #: The figure that ranks subjects, per target kind, and whether larger is worse.
 WORST_BY = {"ct": ("mae_hu", True), "mr": ("ssim_masked", False)}
 #: Display windows of a CT in HU: the whole range of a head, and the brain.
-CT_DISPLAY_WINDOWS = {"wide": (500.0, 3000.0), "brain": (40.0, 80.0)}
+CT_DISPLAY_WINDOWS = {"wide": (500.0, 3000.0), "brain": "brain"}
 #: Absolute error shown from 0 to this: HU for CT, the [-1, 1] scale's units for MR.
 ERROR_DISPLAY_MAX = {"ct": 500.0, "mr": 1.0}
 
@@ -148,8 +148,8 @@ def worst_subject_grid(
     for index in _head_slices(mask, slices):
         columns = [_display(source[index], low, high)]
         if target.is_ct:
-            for center, width in CT_DISPLAY_WINDOWS.values():
-                columns += [hu_to_window(image[index], (center, width), (0.0, 1.0)) for image in (pred, truth)]
+            for window in CT_DISPLAY_WINDOWS.values():
+                columns += [hu_to_window(image[index], window, (0.0, 1.0)) for image in (pred, truth)]
         else:
             columns += [_display(image[index], *target.out_range) for image in (pred, truth)]
         error = np.abs(pred[index] - truth[index]) * mask[index]

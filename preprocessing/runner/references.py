@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 from medgan_common.atomic import atomic_write_json
 from preprocessing.config import output_min_spacing, registration_config, to_common_space_config
+from preprocessing.qc import RegistrationView, registration_montage
 from preprocessing.provenance import code_version, file_sha256, input_record, write_sidecar
 from preprocessing.registration import (
     apply_transforms,
@@ -284,10 +287,6 @@ def common_space_montage(references: Mapping[str, Mapping[str, Any]], space: str
     Returns:
         ``path``.
     """
-    import SimpleITK as sitk
-
-    from preprocessing.qc import RegistrationView, registration_montage
-
     fixed = sitk.Cast(read_image(folder / references[space]["image"]), sitk.sitkFloat32)
     views = []
     inputs = [input_record(folder / references[space]["image"], f"references/{references[space]['image']}",

@@ -10,7 +10,8 @@ is one CycleGAN step:
    (and ``G_AB(B)``, ``G_BA(A)`` for the identity loss);
 2. generator loss ``adv(D_B(fake_B)) + adv(D_A(fake_A)) + lambda_cycle * (cycle(rec_A, A) + cycle(rec_B, B))
    + lambda_identity * (identity(G_AB(B), B) + identity(G_BA(A), A))`` (+ ``lambda_background`` times the
-   background consistency loss, off by default), one Adam step for both generators;
+   background consistency loss and ``lambda_structure * (structure(A, fake_B) + structure(fake_A, B))``,
+   both off by default), one Adam step for both generators;
 3. every ``generator_steps_per_discriminator_step``-th iteration (1, k + 1, 2k + 1, ...; the base decides), the
    discriminator loss of each domain on its real images against generated images drawn from an
    :class:`~modality_translation.engines.image_pool.ImagePool`, one Adam step for both discriminators.
@@ -42,7 +43,7 @@ from torch import nn
 
 from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_batch_norm
 from modality_translation.engines.image_pool import ImagePool
-from modality_translation.losses import AdversarialLoss
+from modality_translation.losses import AdversarialLoss, MINDStructureLoss
 
 IMAGE_KEYS = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 LOSS_KEYS = (
@@ -100,6 +101,10 @@ class CycleGANTrainer(GANTrainer):
         background_value: the network-scale value of the background.
         background_tolerance: how far from ``background_value`` an input pixel may be and count as
             background (0.02 on [-1, 1] is 30 HU in a 3000 HU window).
+        structure_loss: ``loss(image of domain A, image of domain B)`` comparing a translation with its
+            input across modalities; default :class:`~modality_translation.losses.MINDStructureLoss`.
+        lambda_structure: weight of the structure loss (0: off), both directions: each translation keeps
+            its input's edges where it is free to move them (the structure-constrained CycleGAN).
         generator_steps_per_discriminator_step: k of the k:1 update ratio (the CT<->MRI study: 4).
         pool_size: history buffer size of each discriminator (50; 0 disables it).
         pool_seed: seed of the buffers' random generators (domain B's buffer uses ``pool_seed + 1``).
@@ -139,15 +144,17 @@ class CycleGANTrainer(GANTrainer):
         lambda_background: float = 0.0,
         background_value: float = -1.0,
         background_tolerance: float = 0.02,
+        structure_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        lambda_structure: float = 0.0,
         generator_steps_per_discriminator_step: int = 1,
         pool_size: int = 50,
         pool_seed: int = 0,
         fuse_batches: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if lambda_cycle < 0 or lambda_identity < 0 or lambda_background < 0:
+        if min(lambda_cycle, lambda_identity, lambda_background, lambda_structure) < 0:
             raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}, "
-                             f"lambda_background={lambda_background}")
+                             f"lambda_background={lambda_background}, lambda_structure={lambda_structure}")
         super().__init__(
             device,
             max_epochs,
@@ -167,6 +174,8 @@ class CycleGANTrainer(GANTrainer):
         self.lambda_background = float(lambda_background)
         self.background_value = float(background_value)
         self.background_tolerance = float(background_tolerance)
+        self.structure_loss = structure_loss if structure_loss is not None else MINDStructureLoss()
+        self.lambda_structure = float(lambda_structure)
         self.fuse_generators = not has_batch_norm(g_ab, g_ba) if fuse_batches is None else bool(fuse_batches)
         self.fuse_discriminators = not has_batch_norm(d_a, d_b) if fuse_batches is None else bool(fuse_batches)
 
@@ -230,6 +239,10 @@ class CycleGANTrainer(GANTrainer):
                 background = self.background_loss(fake_b, real_a) + self.background_loss(fake_a, real_b)
                 loss_g = loss_g + self.lambda_background * background
                 losses["loss_background"] = background
+            if self.lambda_structure > 0:
+                structure = self.structure_loss(real_a, fake_b) + self.structure_loss(fake_a, real_b)
+                loss_g = loss_g + self.lambda_structure * structure
+                losses["loss_structure"] = structure
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self.optimizer_step("g_optimizer", loss_g)
             self.fire_event(IterationEvents.BACKWARD_COMPLETED)
@@ -254,11 +267,12 @@ class CycleGANTrainer(GANTrainer):
         return {"loss_D_A": loss_d_a, "loss_D_B": loss_d_b}
 
     def combine_losses(self, values: dict[str, float], discriminator_updated: bool) -> dict[str, float]:
-        """Add ``loss_cycle`` (both directions), ``loss_identity`` and ``loss_background`` (0 when off) and
-        ``loss_D`` (both domains)."""
+        """Add ``loss_cycle`` (both directions), ``loss_identity``, ``loss_background`` and ``loss_structure``
+        (0 when off) and ``loss_D`` (both domains)."""
         values["loss_cycle"] = values["loss_cycle_A"] + values["loss_cycle_B"]
         values.setdefault("loss_identity", 0.0)
         values.setdefault("loss_background", 0.0)
+        values.setdefault("loss_structure", 0.0)
         if discriminator_updated:
             values["loss_D"] = values["loss_D_A"] + values["loss_D_B"]
         return values

@@ -151,6 +151,9 @@ def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg
     assert trainer.generator_steps_per_discriminator_step == 4 and trainer.lambda_identity == 0.0
     assert trainer.g_optimizer.param_groups[0]["lr"] == 1e-4 and trainer.d_optimizer.param_groups[0]["lr"] == 1e-3
     assert trainer.cycle_loss.weights == {"ssim": 1.0, "perceptual": 1.0}
+    # The structure term is built (the CT side through the bundle's windows) but off by default.
+    assert trainer.lambda_structure == 0.0 and trainer.lambda_background == 0.0
+    assert [w.width for w in trainer.structure_loss.transform_a.windows] == [80.0, 200.0, 3000.0]
     # The perceptual term uses the given weights file.
     loaded = trainer.cycle_loss.terms["perceptual"].extractor.features[0].weight
     assert torch.equal(loaded, torch.load(vgg19_weights, weights_only=True)["features.0.weight"])
@@ -248,7 +251,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
 
     rows = {row.name: row for row in read_rows(BUNDLE)}
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
-                          "windows_own_spaces"]
+                          "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -256,6 +259,11 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
         "windows_background": {"train#trainer#lambda_background": 10.0},
         "windows_k1": {"train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_l1_cycle": {"cycle_loss_def#l1_weight": 1.0, "cycle_loss_def#ssim_weight": 0.0},
+        "windows_background_structure": {"train#trainer#lambda_background": 10.0,
+                                         "train#trainer#lambda_structure": 5.0},
+        "windows_k1_background_structure": {"train#trainer#generator_steps_per_discriminator_step": 1,
+                                            "train#trainer#lambda_background": 10.0,
+                                            "train#trainer#lambda_structure": 5.0},
     }
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):

@@ -2,16 +2,17 @@
 
 Usage:
     python benchmarks/bench_pairs.py --cohort demo_data/small --output benchmarks/results/pairs_small.json
-        [--variants demo rigid] [--work DIR] [--workers N]
+        [--variants demo affine rigid] [--work DIR] [--workers N]
 
-Each variant preprocesses the cohort (``python -m preprocessing run`` with the ``demo`` configuration;
-``rigid``: the same with ``ct_pairing.registration.transforms: [Rigid]``). For every pair key
+Each variant preprocesses the cohort (``python -m preprocessing run`` with the ``demo`` configuration,
+whose pairs are rigid, affine, then SyN; ``affine``: the pairs rigid and affine only; ``rigid``: the
+CT onto its MR rigid only, T2 onto T1 affine). For every pair key
 (``t2_in_t1``, ``ct_in_t2``, ``ct_in_t1``) the anatomical landmarks of the demo truth
 (``truth/<subject>/landmarks.json``, one position per raw scanner space) are mapped from the fixed
 volume's space through the pair's transforms and compared with the moving volume's: the mean and
 largest distance per subject, before (by position) and after registration, and the seconds each
 pair took. What remains after a linear registration is each modality's own smooth warp of the demo
-pose, which no linear transform undoes.
+pose, which no linear transform undoes and the SyN stage is there for.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ from preprocessing.config import load_config
 from preprocessing.pseudonym import pseudonymise
 from preprocessing.runner.demo_truth import pair_landmark_errors
 
+LINEAR = ["Rigid", "Affine"]
 VARIANTS = {
     "demo": {"extends": "demo"},
-    "rigid": {"extends": "demo", "ct_pairing": {"registration": {"transforms": ["Rigid"]}}},
+    "affine": {"extends": "demo", "pairing": {"registration": {"transforms": LINEAR}},
+               "ct_pairing": {"registration": {"transforms": LINEAR}}},
+    "rigid": {"extends": "demo", "pairing": {"registration": {"transforms": LINEAR}},
+              "ct_pairing": {"registration": {"transforms": ["Rigid"]}}},
 }
 #: Pair key -> the report's timer of the pair.
 PAIRS = {"t2_in_t1": "pair.t2", "ct_in_t2": "pair.ct_in_t2", "ct_in_t1": "pair.ct_in_t1"}
@@ -79,7 +84,8 @@ def main() -> None:
             pair_seconds = {key: sorted(round(row["seconds_detail"].get(timer, 0.0), 2) for row in report["subjects"])
                             for key, timer in PAIRS.items()}
             results["variants"][name] = {
-                "config": VARIANTS[name], "ct_pairing_transforms": config["ct_pairing"]["registration"]["transforms"],
+                "config": VARIANTS[name], "pairing_transforms": config["pairing"]["registration"]["transforms"],
+                "ct_pairing_transforms": config["ct_pairing"]["registration"]["transforms"],
                 "run_seconds": round(seconds, 1), "load_average_at_start": round(load, 2),
                 "counts": report["counts"], "pair_seconds_per_subject": pair_seconds,
                 "landmark_error": landmark_errors(work / name, cohort, config)}

@@ -145,7 +145,9 @@ def test_ct_pairing_is_off_by_default_and_pairs_the_demo_ct_with_t2_and_t1():
     config = ct_pairing_config(load_config({"extends": "demo", "registration": {"ct": {"metric": "CC"}},
                                             "ct_pairing": {"fixed": "T1"}}))
     assert config.metric == "MI" and config.default_value == -1024.0 and config.level_unit == "mm"
-    assert config.transforms == ("Rigid", "Affine") and config.reference is None
+    # Rigid, affine, then SyN for each scan's own warp; the SyN stage uses the same MI (no syn_metric).
+    assert config.transforms == ("Rigid", "Affine", "SyN") and config.syn_metric is None and config.reference is None
+    assert pairing_config(load_config("demo")).transforms == ("Rigid", "Affine", "SyN")
     assert load_config({"ct_pairing": {"fixed": "T1"}})["ct_pairing"]["fixed"] == ["t1"]
     # Without a CT mask the pairing needs none.
     assert load_config({"ct_pairing": {"enabled": True}, "artefact": {"enabled": False, "mode": "reference"}})

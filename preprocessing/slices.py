@@ -396,9 +396,12 @@ def extract_slices(
         PreprocessingError: a volume that is not 3D or holds NaN/inf; selection errors (see :func:`select_slices`).
         ValueError: invalid parameters.
     """
-    if isinstance(volume, sitk.Image):
+    source_image = volume if isinstance(volume, sitk.Image) else None
+    if source_image is not None:
         spacing, origin, direction = volume.GetSpacing(), volume.GetOrigin(), volume.GetDirection()
-        volume = sitk.GetArrayViewFromImage(volume)
+        # A view shares the image's buffer: the image must outlive it, so ``source_image`` keeps a
+        # reference (rebinding ``volume`` alone let a caller's temporary image be freed under the view).
+        volume = sitk.GetArrayViewFromImage(source_image)
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise PreprocessingError(None, f"slice extraction needs a 3D [z, y, x] volume, got shape {volume.shape}")

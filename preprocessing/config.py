@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Names accepted by ``--config`` instead of a file path.
-SHIPPED_CONFIGS = ("demo", "ixi", "cq500", "synthrad2023")
+SHIPPED_CONFIGS = ("demo", "demo_paired", "ixi", "cq500", "synthrad2023")
 
 #: Input layouts the runner recognises (see :func:`preprocessing.runner.discover_subjects`).
 LAYOUTS = ("auto", "demo", "ixi", "cq500", "synthrad2023")

@@ -33,6 +33,17 @@ def test_shipped_configs_load_and_are_named_after_their_file(name):
     assert set(config) == set(DEFAULT_CONFIG)
 
 
+def test_demo_paired_is_the_demo_with_every_head_slice_and_one_neighbour():
+    demo, paired = load_config("demo"), load_config("demo_paired")
+    assert paired["slices"]["selection"] == {"mode": "head_fraction", "fraction": 1.0}
+    assert paired["slices"]["neighbours"] == 1
+    # Registration, pairing, windows and split are the demo's: the two cohorts hold the same pairs.
+    for section in set(DEFAULT_CONFIG) - {"name", "description", "slices"}:
+        assert paired[section] == demo[section], section
+    assert {k: v for k, v in paired["slices"].items() if k not in ("selection", "neighbours")} == {
+        k: v for k, v in demo["slices"].items() if k not in ("selection", "neighbours")}
+
+
 def test_shipped_configs_differ_where_the_data_differ():
     demo, ixi, cq500 = (load_config(n) for n in ("demo", "ixi", "cq500"))
     assert demo["input"]["modalities"] == ["ct", "t1", "t2"]
@@ -154,7 +165,7 @@ def test_ct_pairing_is_off_by_default_and_pairs_the_demo_ct_with_t2_and_t1():
 
 
 def test_unknown_name_and_missing_file():
-    with pytest.raises(ConfigError, match="unknown config 'nope'.*demo, ixi, cq500"):
+    with pytest.raises(ConfigError, match="unknown config 'nope'.*demo, demo_paired, ixi, cq500"):
         load_config("nope")
     with pytest.raises(ConfigError, match="not a file"):
         load_config("/no/such/config.yaml")

@@ -36,6 +36,7 @@ from modality_translation.data.datalist import (
     load_translation_datalist,
     pair_slices,
 )
+from modality_translation.data.level_matching import level_matched_candidates, slice_levels
 from modality_translation.data.matched_slices import check_paired_slices
 from modality_translation.data.transforms import (
     CYCLEGAN_JITTER_SCALE,
@@ -93,9 +94,13 @@ class UnpairedDataset(EpochSeededDataset):
         seed: base seed of the B draws and of the augmentations.
         image_key: key of the image in the items of ``dataset_a`` and ``dataset_b``.
         keys: output keys of the A and B images.
+        b_candidates: for each A sample, the B indices its partner is drawn from (uniformly);
+            ``None``: all of B (the reference CycleGAN's draw). See
+            :mod:`modality_translation.data.level_matching`.
 
     Raises:
-        ValueError: if a domain is empty.
+        ValueError: if a domain is empty, or ``b_candidates`` does not give every A sample a
+            non-empty list of valid B indices.
     """
 
     def __init__(
@@ -105,14 +110,22 @@ class UnpairedDataset(EpochSeededDataset):
         seed: int = 0,
         image_key: str = "image",
         keys: tuple[str, str] = ("A", "B"),
+        b_candidates: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__(seed)
         if len(dataset_a) == 0 or len(dataset_b) == 0:
             raise ValueError(f"both domains need samples, got {len(dataset_a)} (A) and {len(dataset_b)} (B)")
+        if b_candidates is not None:
+            b_candidates = [np.asarray(c, dtype=np.int64) for c in b_candidates]
+            if len(b_candidates) != len(dataset_a):
+                raise ValueError(f"b_candidates needs one list per A sample ({len(dataset_a)}), got {len(b_candidates)}")
+            if any(c.size == 0 or c.min() < 0 or c.max() >= len(dataset_b) for c in b_candidates):
+                raise ValueError(f"every A sample needs B candidates among 0..{len(dataset_b) - 1}")
         self.dataset_a = dataset_a
         self.dataset_b = dataset_b
         self.image_key = image_key
         self.keys = tuple(keys)
+        self.b_candidates = b_candidates
 
     def __len__(self) -> int:
         return max(len(self.dataset_a), len(self.dataset_b))
@@ -123,9 +136,14 @@ class UnpairedDataset(EpochSeededDataset):
 
     def _draw(self, index: int) -> tuple[int, int, int, int]:
         rng = self.sample_rng(index)
-        b_index = int(rng.integers(len(self.dataset_b)))
+        a_index = index % len(self.dataset_a)
+        if self.b_candidates is None:
+            b_index = int(rng.integers(len(self.dataset_b)))
+        else:
+            pool = self.b_candidates[a_index]
+            b_index = int(pool[rng.integers(len(pool))])
         seed_a, seed_b = _seeds(rng, 2)
-        return index % len(self.dataset_a), b_index, seed_a, seed_b
+        return a_index, b_index, seed_a, seed_b
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -217,6 +235,7 @@ def unpaired_slice_dataset(
     seed: int = 0,
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
+    level_window_mm: float | None = None,
 ) -> UnpairedDataset:
     """The CycleGAN training set of a datalist: all slices of ``source`` against all slices of ``target``.
 
@@ -234,18 +253,34 @@ def unpaired_slice_dataset(
         seed: base seed of the B draws and the augmentations.
         cache_rate: fraction of the slices whose loading is cached in memory (0: no cache).
         num_workers: threads filling the cache.
+        level_window_mm: draw each B slice among the slices of *other* subjects whose level along
+            the slice axis is within this many millimetres of the A slice's
+            (:mod:`~modality_translation.data.level_matching`; for cohorts in one common space);
+            ``None``: uniformly from all B slices (the reference CycleGAN).
 
     Returns:
         An :class:`UnpairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
+
+    Raises:
+        DatalistError: with ``level_window_mm``, a subject without slice index.
+        GeometryError: with ``level_window_mm``, subjects sliced along different directions.
     """
     items = _items(datalist, split, (source, target), slice_channels)
+    records = {modality: flatten_slices(items, modality) for modality in (source, target)}
+    b_candidates = None
+    if level_window_mm is not None:
+        base = Path(datalist).resolve().parent if isinstance(datalist, (str, os.PathLike)) else None
+        b_candidates = level_matched_candidates(
+            slice_levels(items, source, base), [r[SUBJECT] for r in records[source]],
+            slice_levels(items, target, base), [r[SUBJECT] for r in records[target]], level_window_mm,
+        )
     # One dataset, hence one transform object, per domain: each is re-seeded independently per sample.
     domain_a, domain_b = (
-        _slice_dataset(flatten_slices(items, modality), "image", train, crop_size, jitter_scale, flip_prob, flip_axis,
+        _slice_dataset(records[modality], "image", train, crop_size, jitter_scale, flip_prob, flip_axis,
                        slice_channels, cache_rate, num_workers)
         for modality in (source, target)
     )
-    return UnpairedDataset(domain_a, domain_b, seed=seed)
+    return UnpairedDataset(domain_a, domain_b, seed=seed, b_candidates=b_candidates)
 
 
 def paired_slice_dataset(

@@ -175,7 +175,7 @@ def _source_geometries(index_path: Path, files: Sequence[str], subject: str) -> 
     return geometries
 
 
-def _load_slice(path: str) -> np.ndarray:
+def read_slice_array(path: str) -> np.ndarray:
     """A saved slice as ``(C, rows, columns)`` (the layout of ``preprocessing.slices.save_slices``)."""
     try:
         data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
@@ -266,7 +266,7 @@ def matched_slice_dataset(
             mask_geometries = [replace(g, interpolation="nearest-exact") for g in geometries]
             masks = [m > 0.5 for m in matched_target_slices(mask.astype(np.float32), mask_geometries, pad_value=0.0)]
         for file, target_slice, mask_slice in zip(files, targets, masks):
-            source_slice = _load_slice(file)
+            source_slice = read_slice_array(file)
             if source_slice.shape[1:] != target_slice.shape[-2:]:
                 raise DatalistError(
                     file, f"slice shape {source_slice.shape[1:]} differs from its recorded {target_slice.shape[-2:]}"

@@ -38,6 +38,7 @@ from modality_translation.data.datalist import (
 )
 from modality_translation.data.level_matching import level_matched_candidates, slice_levels
 from modality_translation.data.matched_slices import check_paired_slices
+from modality_translation.data.pair_coverage import covered_pairs
 from modality_translation.data.transforms import (
     CYCLEGAN_JITTER_SCALE,
     translation_eval_transforms,
@@ -300,6 +301,7 @@ def paired_slice_dataset(
     num_workers: int | None = 1,
     target_centre_channel: bool = False,
     check_grid: bool | None = None,
+    min_target_coverage: float | None = None,
 ) -> PairedDataset:
     """Paired slices of one split: pix2pix training (``train=True``) or validation against a paired truth.
 
@@ -321,6 +323,10 @@ def paired_slice_dataset(
             (:func:`~modality_translation.data.matched_slices.check_paired_slices`, from the
             ``<source>_slice_index`` and ``<target>_slice_index`` files the preprocessing writes):
             ``True`` requires both indexes, ``None`` checks when both are listed, ``False`` never.
+        min_target_coverage: leave out the pairs whose target holds data on less than this fraction
+            of the source's head pixels (a target scan whose field of view stops short of the
+            source's; :mod:`~modality_translation.data.pair_coverage`), logging each subject's count;
+            ``None``: keep every pair.
 
     Returns:
         A :class:`PairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}`` (``B``: ``(1, H, W)`` with
@@ -328,7 +334,7 @@ def paired_slice_dataset(
 
     Raises:
         DatalistError: from the datalist checks, if the two slice lists of a subject differ in length,
-            or (``check_grid=True``) a subject without a slice index.
+            (``check_grid=True``) a subject without a slice index, or no pair covered enough.
         GeometryError: a pair cut from different grids or at different places.
     """
     # The target's own slices are checked with the source's; another key (a truth) is checked below.
@@ -342,6 +348,8 @@ def paired_slice_dataset(
     if check_grid is not False:
         base = Path(datalist).resolve().parent if isinstance(datalist, (str, os.PathLike)) else None
         _check_pair_grids(items, source, target, target_key, base, required=bool(check_grid))
+    if min_target_coverage is not None:
+        records = covered_pairs(records, min_target_coverage, keys)
     dataset = _slice_dataset(records, keys, train, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels,
                              cache_rate, num_workers)
     return PairedDataset(dataset, seed=seed, keys=keys, centre_channel_keys=("B",) if target_centre_channel else ())

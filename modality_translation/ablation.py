@@ -176,14 +176,32 @@ def stage_command(bundle: Path, stage: str, row: AblationRow, ckpt_dir: Path, ou
     return command
 
 
-def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str) -> None:
+def stage_environment(jobs: int, environment: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a row's stages: its share of the cores unless the caller set the thread count.
+
+    Rows running side by side each with as many threads as the machine has cores oversubscribe it:
+    on 2 cores, two rows of 2 threads each ran several times slower than two rows of one thread.
+
+    Args:
+        jobs: rows run at the same time.
+        environment: the caller's environment (default ``os.environ``); an ``OMP_NUM_THREADS`` in it is kept.
+
+    Returns:
+        A copy of ``environment`` with ``OMP_NUM_THREADS`` = cores // jobs (at least 1) where it was unset.
+    """
+    environment = dict(os.environ if environment is None else environment)
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    return environment
+
+
+def _run_stage(command: list[str], log: Path, row: AblationRow, stage: str, environment: Mapping[str, str] | None = None) -> None:
     """Run one stage, its output in ``log``; raise naming the row, the stage and the log's last lines if it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
     # Appended: a stage started again (a resumed training) keeps the log of its earlier starts.
     with open(log, "a") as handle:
         handle.write(" ".join(command) + "\n\n")
         handle.flush()
-        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False, env=environment).returncode
     if status != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise AblationError(log, f"row {row.name!r}: {stage} failed with exit status {status}; last lines:\n{tail}")
@@ -352,8 +370,9 @@ def run_ablation(
             bundle's ``eval/ablation``.
         overrides: config overrides of every stage (``{"dataset_dir": "...", "image_size": "64"}``).
         training_overrides: config overrides of the training only (``{"train#trainer#max_epochs": "75"}``).
-        jobs: rows run at the same time, each in its own processes (its stages one after the other);
-            give each its share of the cores (``OMP_NUM_THREADS``). The rows share the cohort: with
+        jobs: rows run at the same time, each in its own processes (its stages one after the other),
+            each with its share of the cores (``OMP_NUM_THREADS`` = cores // jobs, unless the caller's
+            environment sets it). The rows share the cohort: with
             more than one job, build and preprocess it first.
         tables_only: run nothing: write the tables from the rows' finished evaluations (rows run in
             several starts, e.g. some of them at a time, tabulated together).
@@ -373,6 +392,8 @@ def run_ablation(
     if jobs < 1:
         raise AblationError(bundle, f"jobs must be at least 1, got {jobs}")
 
+    environment = stage_environment(jobs)
+
     def run_row(row: AblationRow) -> tuple[AblationRow, dict[str, dict]]:
         ckpt_dir, output_dir = row_folders(row, bundle, work)
         logs = (work / row.name) if work is not None else output_dir
@@ -382,7 +403,7 @@ def run_ablation(
             overlay = stage_overlay(bundle, stage, row, logs)
             started = time.monotonic()
             _run_stage(stage_command(bundle, stage, row, ckpt_dir, output_dir, stage_overrides, overlay),
-                       logs / f"{stage}.log", row, stage)
+                       logs / f"{stage}.log", row, stage, environment)
             if stage == "training":
                 record_training_time(logs / TRAINING_TIME_FILE, time.monotonic() - started)
         metrics = read_row_metrics(output_dir)

@@ -30,7 +30,8 @@ import numpy as np
 from medgan_common.dataset_keys import SUBJECT, slice_index_key, slices_key
 from medgan_common.errors import GeometryError
 from modality_translation.data.datalist import DatalistError
-from preprocessing.slices import SliceGeometry, read_slice_index
+from modality_translation.data.matched_slices import recorded_geometries
+from preprocessing.slices import SliceGeometry
 
 
 def slice_level_mm(geometry: SliceGeometry) -> tuple[float, np.ndarray]:
@@ -80,12 +81,7 @@ def slice_levels(items: Sequence[dict[str, Any]], modality: str, base: str | os.
         index_path = Path(item[index_key])
         if base is not None and not index_path.is_absolute():
             index_path = Path(base) / index_path
-        recorded = {path.name: geometry for path, geometry in read_slice_index(index_path)}
-        for file in item[slices_key(modality)]:
-            geometry = recorded.get(Path(file).name)
-            if geometry is None:
-                raise DatalistError(index_path, f"slice {Path(file).name} of subject {item.get(SUBJECT)!r} "
-                                                "is not in the slice index")
+        for geometry in recorded_geometries(index_path, item[slices_key(modality)], item.get(SUBJECT)):
             level, normal = slice_level_mm(geometry)
             if reference_normal is None:
                 reference_normal = normal

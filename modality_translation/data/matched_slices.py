@@ -101,8 +101,8 @@ def check_paired_slices(source_index: str | os.PathLike, target_index: str | os.
         InputReadError: an unreadable index.
     """
     source_index, target_index = Path(source_index), Path(target_index)
-    sources = _source_geometries(source_index, source_files, subject)
-    targets = _source_geometries(target_index, target_files, subject)
+    sources = recorded_geometries(source_index, source_files, subject)
+    targets = recorded_geometries(target_index, target_files, subject)
     for file, source, target in zip(target_files, sources, targets):
         difference = _grid_difference(target.volume_shape, target.spacing, target.origin, target.direction, source)
         if difference is None:
@@ -164,7 +164,13 @@ def matched_target_slices(
     return [by_index[g.index] for g in geometries]
 
 
-def _source_geometries(index_path: Path, files: Sequence[str], subject: str) -> list[SliceGeometry]:
+def recorded_geometries(index_path: Path, files: Sequence[str], subject: str) -> list[SliceGeometry]:
+    """The geometries a slice index records for ``files`` (by file name), in their order.
+
+    Raises:
+        DatalistError: a file the index does not list.
+        InputReadError: an unreadable index.
+    """
     recorded = {path.name: geometry for path, geometry in read_slice_index(index_path)}
     geometries = []
     for file in files:
@@ -243,7 +249,7 @@ def matched_slice_dataset(
         if not isinstance(files, list) or not files:
             raise DatalistError(path, f"subject {subject!r} in split {split!r} has no {slices_key(source)!r} slice list")
         index_path = _listed_path(base, item.get(slice_index_key(source)), subject, slice_index_key(source), path)
-        geometries = _source_geometries(index_path, files, subject)
+        geometries = recorded_geometries(index_path, files, subject)
         target_path = _listed_path(base, item.get(target_key), subject, target_key, path)
         # The name as listed (relative to the cohort): folders above the cohort do not count.
         check_modality_name(target_path, target_modality, name=str(listed[target_key]))

@@ -65,25 +65,39 @@ def translation_train_transforms(
     flip_prob: float = 0.5,
     flip_axis: int | Sequence[int] | None = 1,
     slice_channels: int = 1,
+    slice_size: Sequence[int] | None = None,
 ) -> Compose:
     """Load a slice, resize it up, crop it back at random and flip it at random.
 
     With several keys (a paired sample), every key gets the same crop and flip.
 
+    Patch training: with ``slice_size`` larger than ``crop_size`` the slice is resized to
+    ``slice_size`` (times ``jitter_scale``) and a random ``crop_size`` patch of it is taken, so that
+    a fully convolutional generator learns at the resolution it will translate whole slices of
+    ``slice_size`` at, for the cost of a ``crop_size`` image per step.
+
     Args:
         keys: dictionary keys of the slice file paths.
-        crop_size: training size (H, W).
+        crop_size: training size (H, W): the size of the image the networks see.
         jitter_scale: resize factor before cropping (``286 / 256``); 1 disables the jitter.
         flip_prob: probability of the flip (0 disables it).
         flip_axis: spatial axis flipped (0 rows, 1 columns). Columns are left-right for axial and
             coronal slices in canonical orientation; a sagittal training should flip rows or nothing.
         slice_channels: channels of a slice (1 for 2D, ``2N + 1`` for 2.5D).
+        slice_size: size (H, W) whole slices are resized to before the jitter and the crop (the
+            size inference translates at); default ``crop_size``. No side may be below ``crop_size``.
 
     Returns:
         The composed transform.
+
+    Raises:
+        ValueError: a ``slice_size`` side smaller than the crop's, or a ``jitter_scale`` below 1.
     """
     steps = _load_steps(keys, slice_channels)
-    load_size = jitter_size(crop_size, jitter_scale)
+    slice_size = tuple(crop_size) if slice_size is None else tuple(int(size) for size in slice_size)
+    if len(slice_size) != len(crop_size) or any(s < c for s, c in zip(slice_size, crop_size)):
+        raise ValueError(f"slice_size {list(slice_size)} must have a side >= the crop's on every axis, crop_size {list(crop_size)}")
+    load_size = jitter_size(slice_size, jitter_scale)
     if tuple(load_size) != tuple(crop_size):
         steps += [
             Resized(keys, spatial_size=load_size, mode="bilinear"),

@@ -201,16 +201,19 @@ def _slice_dataset(
     slice_channels: int,
     cache_rate: float,
     num_workers: int | None,
+    slice_size: Sequence[int] | None = None,
 ) -> Dataset:
     """A MONAI dataset of slice records: ``keys`` loaded and augmented (or their deterministic twin), cached.
 
     The one loading path of both builders, so that unpaired training, paired training and
-    validation slices are read, resized and cropped alike.
+    validation slices are read, resized and cropped alike. The deterministic twin returns whole
+    slices of ``slice_size`` (default ``crop_size``), as inference translates them.
     """
     if train:
-        transform = translation_train_transforms(keys, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels)
+        transform = translation_train_transforms(keys, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels,
+                                                 slice_size)
     else:
-        transform = translation_eval_transforms(keys, crop_size, slice_channels)
+        transform = translation_eval_transforms(keys, crop_size if slice_size is None else slice_size, slice_channels)
     if cache_rate <= 0:
         return Dataset(records, transform=transform)
     return CacheDataset(records, transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
@@ -237,6 +240,7 @@ def unpaired_slice_dataset(
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
     level_window_mm: float | None = None,
+    slice_size: Sequence[int] | None = None,
 ) -> UnpairedDataset:
     """The CycleGAN training set of a datalist: all slices of ``source`` against all slices of ``target``.
 
@@ -258,6 +262,8 @@ def unpaired_slice_dataset(
             the slice axis is within this many millimetres of the A slice's
             (:mod:`~modality_translation.data.level_matching`; for cohorts in one common space);
             ``None``: uniformly from all B slices (the reference CycleGAN).
+        slice_size: size whole slices are resized to before a random ``crop_size`` patch is taken
+            (patch training, :func:`translation_train_transforms`); default ``crop_size``.
 
     Returns:
         An :class:`UnpairedDataset` yielding ``{"A": (C, H, W), "B": (C, H, W)}``.
@@ -278,7 +284,7 @@ def unpaired_slice_dataset(
     # One dataset, hence one transform object, per domain: each is re-seeded independently per sample.
     domain_a, domain_b = (
         _slice_dataset(records[modality], "image", train, crop_size, jitter_scale, flip_prob, flip_axis,
-                       slice_channels, cache_rate, num_workers)
+                       slice_channels, cache_rate, num_workers, slice_size)
         for modality in (source, target)
     )
     return UnpairedDataset(domain_a, domain_b, seed=seed, b_candidates=b_candidates)
@@ -302,6 +308,7 @@ def paired_slice_dataset(
     target_centre_channel: bool = False,
     check_grid: bool | None = None,
     min_target_coverage: float | None = None,
+    slice_size: Sequence[int] | None = None,
 ) -> PairedDataset:
     """Paired slices of one split: pix2pix training (``train=True``) or validation against a paired truth.
 
@@ -313,7 +320,9 @@ def paired_slice_dataset(
         target_key: item key of the target slices (default ``"<target>_slices"``; e.g.
             ``"truth_t2_in_t1_slices"`` for a demo cohort's ground truth).
         train: same random jitter and flip on both images, or the deterministic twin.
-        crop_size, jitter_scale, flip_prob, flip_axis, slice_channels: as :func:`unpaired_slice_dataset`.
+        crop_size, jitter_scale, flip_prob, flip_axis, slice_channels, slice_size: as
+            :func:`unpaired_slice_dataset` (with ``slice_size`` larger than ``crop_size``, both images of
+            a pair get the same random patch).
         seed: base seed of the augmentations.
         cache_rate: fraction of the pairs cached in memory.
         num_workers: threads filling the cache.
@@ -351,7 +360,7 @@ def paired_slice_dataset(
     if min_target_coverage is not None:
         records = covered_pairs(records, min_target_coverage, keys)
     dataset = _slice_dataset(records, keys, train, crop_size, jitter_scale, flip_prob, flip_axis, slice_channels,
-                             cache_rate, num_workers)
+                             cache_rate, num_workers, slice_size)
     return PairedDataset(dataset, seed=seed, keys=keys, centre_channel_keys=("B",) if target_centre_channel else ())
 
 

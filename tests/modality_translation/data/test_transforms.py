@@ -54,6 +54,31 @@ def test_train_jitter_crops_the_upsized_slice_and_flips(slice_file):
     assert len(seen_offsets) > 3 and seen_flips == {False, True}
 
 
+def test_patch_training_crops_patches_of_the_whole_slice_at_its_own_resolution(slice_file):
+    transform = translation_train_transforms("image", crop_size=(16, 16), jitter_scale=1.0, flip_prob=0.0,
+                                             slice_size=(32, 32))
+    whole = slice_array(0, 0, 0)
+    assert whole.shape == (32, 32)
+    windows = {(r, c): whole[r : r + 16, c : c + 16] for r in range(17) for c in range(17)}
+    seen_columns = set()
+    for seed in range(20):
+        transform.set_random_state(seed=seed)
+        out = transform({"image": str(slice_file)})["image"]
+        assert out.shape == (1, 16, 16)
+        matches = [key for key, window in windows.items() if np.allclose(out[0].numpy(), window, atol=1e-5)]
+        assert matches, "a patch is a window of the slice at its own resolution, not of a resized copy"
+        seen_columns.add(matches[0][1])
+    assert len(seen_columns) > 3
+    # The deterministic twin of a patch training gives whole slices of slice_size.
+    out = translation_eval_transforms("image", crop_size=(32, 32))({"image": str(slice_file)})["image"]
+    assert out.shape == (1, 32, 32)
+
+
+def test_patch_training_refuses_a_slice_smaller_than_the_patch(slice_file):
+    with pytest.raises(ValueError, match=r"slice_size \[8, 8\].*crop_size \[16, 16\]"):
+        translation_train_transforms("image", crop_size=(16, 16), slice_size=(8, 8))
+
+
 def test_train_transform_is_reproducible_for_a_seed(slice_file):
     transform = translation_train_transforms("image", crop_size=(24, 24), jitter_scale=1.25)
     outputs = []

@@ -113,6 +113,19 @@ def test_paired_slices_share_crop_and_flip(tmp_path):
         torch.testing.assert_close(sample["B"] - sample["A"], torch.full_like(sample["A"], 0.03), atol=1e-5, rtol=0)
 
 
+def test_paired_patches_share_their_place_and_validation_keeps_whole_slices(tmp_path):
+    path = write_cohort(tmp_path)
+    dataset = paired_slice_dataset(path, "t1", "t2", split="training", train=True, crop_size=(16, 16),
+                                   slice_size=(SIZE, SIZE), jitter_scale=1.0)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample["A"].shape == (1, 16, 16)
+        torch.testing.assert_close(sample["B"] - sample["A"], torch.full_like(sample["A"], 0.03), atol=1e-5, rtol=0)
+    whole = paired_slice_dataset(path, "t1", "t2", split="training", train=False, crop_size=(16, 16),
+                                 slice_size=(SIZE, SIZE))
+    assert whole[0]["A"].shape == (1, SIZE, SIZE)
+
+
 def test_paired_target_key_and_its_errors(tmp_path):
     path = write_cohort(tmp_path, slices={"t1": 3, "t2": 2})
     with pytest.raises(DatalistError, match="'t1_slices' has 3 slices but 't2_slices' has 2"):

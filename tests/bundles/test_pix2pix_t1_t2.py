@@ -1,5 +1,6 @@
 """The T1 -> T2 pix2pix bundle, run as a user runs it: train, resume, infer, evaluate, verify, export, fail early."""
 
+import json
 import re
 
 import pytest
@@ -81,6 +82,20 @@ def test_inference_and_evaluation(demo_dataset, inferred):
     assert [row["subject"] for row in rows] == [item["subject"] for item in split_items(demo_dataset)]
     assert all(0.0 < float(row["ssim"]) <= 1.0 and float(row["psnr_db"]) > 0 for row in rows)
     assert summary["evaluation"]["target_key"] == "truth_t2_in_t1"
+
+
+def test_patch_training_translates_whole_slices_with_the_depth_of_its_patches(demo_dataset, tmp_path):
+    # 16 x 16 patches of the 32 x 32 slices: a 4-level U-Net (not 5) that validation and inference run on
+    # whole slices; inference takes the patch size from the training record, not from an override.
+    log = train(TRAIN_CONFIG, demo_dataset, tmp_path, "--patch_size", "16", "--jitter_scale", "1.0")
+    record = json.loads((tmp_path / "models" / "training_record.json").read_text())
+    assert record["settings"]["patch_size"] == 16 and record["settings"]["image_size"] == 32
+    model = load_generators(tmp_path / "models")
+    assert "down.3.1.weight" in model and not any(key.startswith("down.4.") for key in model)
+    assert len(re.findall(r"Metrics -- .*val_t1_to_t2_ssim: ([-\d.]+)", log)) == 2
+    inferred = infer("bundles/pix2pix_t1_t2/configs/inference.json", demo_dataset, tmp_path)
+    for values in assert_predictions_on_source_grids(demo_dataset, inferred, "t1_to_t2", "t1"):
+        assert values.min() >= -1.0 and values.max() <= 1.0 and values.std() > 0
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):

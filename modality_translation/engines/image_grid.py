@@ -4,8 +4,8 @@
 as a PNG file (matplotlib, written atomically) and to TensorBoard. Its rows are samples spread over
 the whole epoch, not the samples of its last batch: a validation loader walks the subjects slice by
 slice, so the last batch holds neighbouring slices of one subject, which look alike (a grid of them
-shows the same anatomy on every row). The handler takes one sample from each of ``max_samples``
-iterations evenly spaced over the epoch (several samples of each batch only when the epoch has fewer
+shows the same anatomy on every row). The handler takes one sample from the middle iteration of each
+of ``max_samples`` equal parts of the epoch (several samples of each batch only when the epoch has fewer
 iterations than rows, spread over each batch), so the rows show different subjects or distant slices. The row kinds and
 column titles are the trainer's (``grid_rows``, ``grid_columns`` of
 :class:`~modality_translation.engines.gan_trainer.GANTrainer`: CycleGAN's input, translated and
@@ -123,14 +123,16 @@ def grid_iterations(epoch_length: int, max_samples: int) -> dict[int, int]:
         max_samples: rows per kind.
 
     Returns:
-        ``{0-based iteration in the epoch: samples}``: one sample from each of ``max_samples``
-        iterations evenly spaced from the first to the last; with fewer iterations than rows, every
+        ``{0-based iteration in the epoch: samples}``: one sample from the middle iteration of each
+        of ``max_samples`` equal parts of the epoch; with fewer iterations than rows, every
         iteration gives several samples (spread over its batch by the handler).
     """
     if epoch_length <= 0 or max_samples <= 0:
         return {}
     if epoch_length >= max_samples:
-        return {iteration: 1 for iteration in spread(max_samples, epoch_length)}
+        # Middles of equal parts, not the first and last iterations: an ordered validation loader
+        # starts every subject at the same place of a part, and its first slices are the end of a head.
+        return {int((part + 0.5) * epoch_length / max_samples): 1 for part in range(max_samples)}
     per_iteration = -(-max_samples // epoch_length)
     return {iteration: per_iteration for iteration in range(epoch_length)}
 

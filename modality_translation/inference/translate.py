@@ -48,6 +48,7 @@ def translate_stack(
     batch_size: int = 16,
     amp: bool = False,
     channels_last: bool = False,
+    flip_average: bool = False,
 ) -> np.ndarray:
     """Run a 2D network over a stack of slices, batch by batch.
 
@@ -59,6 +60,9 @@ def translate_stack(
         amp: run the network under bfloat16 autocast.
         channels_last: give the network its batches in channels-last layout (the network's parameters are
             left as they are; oneDNN convolutions follow the input's layout).
+        flip_average: test-time flip averaging: each slice is also translated flipped along its columns
+            (the left-right flip of the training augmentation for axial and coronal slices), flipped
+            back, and the two outputs averaged; twice the network time.
 
     Returns:
         float32 ``(N, rows, columns)`` array of the network outputs.
@@ -78,6 +82,8 @@ def translate_stack(
             batch = torch.from_numpy(np.ascontiguousarray(stack[start : start + batch_size], dtype=np.float32))
             batch = batch.to(device).contiguous(memory_format=memory_format)
             output = network(batch)
+            if flip_average:
+                output = (output + torch.flip(network(torch.flip(batch, dims=(-1,))), dims=(-1,))) / 2
             expected = (batch.shape[0], 1, *stack.shape[2:])
             if tuple(output.shape) != expected:
                 raise ValueError(
@@ -99,6 +105,7 @@ def translate_slices(
     interpolation: str = "bilinear",
     amp: bool = False,
     channels_last: bool = False,
+    flip_average: bool = False,
 ) -> np.ndarray:
     """Run a 2D network over every slice of a canonical volume already on the network scale.
 
@@ -120,6 +127,8 @@ def translate_slices(
         interpolation: MONAI ``Resize`` mode of the resampling both ways.
         amp: run the network under bfloat16 autocast (outputs are returned as float32).
         channels_last: feed the network channels-last batches (see :func:`translate_stack`).
+        flip_average: average each slice's translation with that of its column-flipped copy
+            (test-time flip averaging, see :func:`translate_stack`).
 
     Returns:
         float32 [z, y, x] array of the translated slices on the input's grid.
@@ -138,7 +147,8 @@ def translate_slices(
     stack = np.stack(slices)
     if stack.ndim == 3:
         stack = stack[:, None]
-    outputs = translate_stack(network, stack, batch_size=batch_size, amp=amp, channels_last=channels_last)
+    outputs = translate_stack(network, stack, batch_size=batch_size, amp=amp, channels_last=channels_last,
+                              flip_average=flip_average)
     return paste_slices(list(outputs), geometries)
 
 
@@ -151,7 +161,8 @@ class VolumeSliceInferer(Inferer):
     slices (rows towards Posterior, columns towards Left). Spacing is read from the ``MetaTensor``'s affine.
 
     Args:
-        slice_size, neighbours, batch_size, pad_value, interpolation, amp: see :func:`translate_slices`.
+        slice_size, neighbours, batch_size, pad_value, interpolation, amp, flip_average: see
+            :func:`translate_slices`.
         spatial_axis: spatial axis of the input perpendicular to the slices (2 = Z, axial for LPS arrays).
         spacing: (X, Y, Z) voxel size for inputs that are plain tensors without an affine.
     """
@@ -166,13 +177,14 @@ class VolumeSliceInferer(Inferer):
         interpolation: str = "bilinear",
         amp: bool = False,
         spacing: Sequence[float] | None = None,
+        flip_average: bool = False,
     ) -> None:
         if spatial_axis not in (0, 1, 2):
             raise ValueError(f"spatial_axis must be 0, 1 or 2, got {spatial_axis}")
         self.spatial_axis = spatial_axis
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.kwargs = dict(slice_size=slice_size, neighbours=neighbours, batch_size=batch_size, pad_value=pad_value,
-                           interpolation=interpolation, amp=amp)
+                           interpolation=interpolation, amp=amp, flip_average=flip_average)
 
     def _spacings(self, inputs: torch.Tensor) -> list[tuple[float, ...]]:
         if isinstance(inputs, MetaTensor):
@@ -220,6 +232,9 @@ class VolumeTranslator:
             2-3 times faster than float32, see :func:`translate_slices`).
         keep_dropout: keep dropout layers active (pix2pix uses dropout as its noise at test time);
             normalisation layers stay in evaluation mode.
+        flip_average: test-time flip averaging: every slice is translated as it is and flipped left-right
+            (the training's flip augmentation), and the two translations averaged
+            (:func:`translate_stack`); twice the network time.
         preprocessing: what the cohort's preprocessing recorded, from which the intensity mappings are
             derived (window, normalisation): its ``dataset.json`` or configuration, a mapping or a file
             path (see :meth:`IntensityMapping.from_preprocessing_config`).
@@ -249,6 +264,7 @@ class VolumeTranslator:
         device: str | torch.device | None = "auto",
         amp: bool = False,
         keep_dropout: bool = False,
+        flip_average: bool = False,
         preprocessing: Mapping[str, Any] | str | os.PathLike | None = None,
         source_intensity: IntensityMapping | Mapping[str, Any] | None = None,
         target_intensity: IntensityMapping | Mapping[str, Any] | None = None,
@@ -270,6 +286,7 @@ class VolumeTranslator:
         self.slice_kwargs = dict(
             slice_size=slice_size, axis=axis, neighbours=neighbours, batch_size=batch_size,
             pad_value=self.source.background_value, interpolation=interpolation, amp=amp,
+            flip_average=flip_average,
         )
 
     def with_intensities(self, source: IntensityMapping, target: IntensityMapping) -> VolumeTranslator:

@@ -100,6 +100,19 @@ def test_evaluation_writes_per_subject_metrics_and_summary(demo_dataset, inferre
         assert summary["ssim"]["n"] == len(subjects)
 
 
+def test_patch_training_of_both_generators_translates_whole_slices(demo_dataset, tmp_path):
+    # 16 x 16 patches of the 32 x 32 slices: 4-level U-Nets, run on whole slices by validation and inference.
+    log = train(TRAIN_CONFIG, demo_dataset, tmp_path, "--patch_size", "16", "--jitter_scale", "1.0")
+    model = load_generators(tmp_path / "models")
+    for name in ("g_ab", "g_ba"):
+        assert "down.3.1.weight" in model[name] and not any(key.startswith("down.4.") for key in model[name])
+    assert len(re.findall(r"Metrics -- .*val_t1_to_t2_ssim: ([-\d.]+)", log)) == 2
+    inferred = infer("bundles/cyclegan_t1_t2/configs/inference.json", demo_dataset, tmp_path)
+    for direction, source in (("t1_to_t2", "t1"), ("t2_to_t1", "t2_in_t1")):
+        for values in assert_predictions_on_source_grids(demo_dataset, inferred, direction, source):
+            assert values.std() > 0
+
+
 def test_metadata_network_shapes_and_export(trained, tmp_path):
     # The default network (256 x 256, 8-level U-Net) against metadata.json's network_data_format.
     verify_metadata_and_network_shapes(CONFIGS)

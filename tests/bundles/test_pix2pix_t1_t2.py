@@ -3,6 +3,8 @@
 import json
 import re
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -94,8 +96,18 @@ def test_patch_training_translates_whole_slices_with_the_depth_of_its_patches(de
     assert "down.3.1.weight" in model and not any(key.startswith("down.4.") for key in model)
     assert len(re.findall(r"Metrics -- .*val_t1_to_t2_ssim: ([-\d.]+)", log)) == 2
     inferred = infer("bundles/pix2pix_t1_t2/configs/inference.json", demo_dataset, tmp_path)
-    for values in assert_predictions_on_source_grids(demo_dataset, inferred, "t1_to_t2", "t1"):
+    plain = assert_predictions_on_source_grids(demo_dataset, inferred, "t1_to_t2", "t1")
+    for values in plain:
         assert values.min() >= -1.0 and values.max() <= 1.0 and values.std() > 0
+    # Test-time flip averaging, by one override: another translation, as close to the plain one as the
+    # network is to mirror-symmetric.
+    run_bundle("run", "inference", "--config_file", "bundles/pix2pix_t1_t2/configs/inference.json",
+               "--dataset_dir", str(demo_dataset), "--ckpt_dir", str(tmp_path / "models"),
+               "--output_dir", str(tmp_path / "flip"), "--flip_average", "True")
+    for item, values in zip(split_items(demo_dataset), plain):
+        averaged = nib.load(tmp_path / "flip" / "t1_to_t2" / item["subject"] / "pred.nii.gz").get_fdata()
+        assert averaged.shape == values.shape and not np.allclose(averaged, values)
+        assert np.abs(averaged - values).mean() < np.abs(values - values.mean()).mean()
 
 
 def test_metadata_network_shapes_and_export(trained, tmp_path):

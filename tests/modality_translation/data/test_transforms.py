@@ -20,6 +20,18 @@ def slice_file(tmp_path):
     return path
 
 
+def matched_windows(transform, slice_file, windows, seeds):
+    """For each seed, the key of the window of ``windows`` the transform's output equals (asserted to exist)."""
+    keys = []
+    for seed in range(seeds):
+        transform.set_random_state(seed=seed)
+        out = transform({"image": str(slice_file)})["image"][0].numpy()
+        matches = [key for key, window in windows.items() if out.shape == window.shape and np.allclose(out, window, atol=1e-5)]
+        assert matches, f"seed {seed}: the sample is none of the expected windows"
+        keys.append(matches[0])
+    return keys
+
+
 def test_jitter_size_of_cyclegan():
     assert jitter_size((256, 256), 286 / 256) == (286, 286)
     with pytest.raises(ValueError, match="jitter_scale"):
@@ -41,17 +53,9 @@ def test_train_jitter_crops_the_upsized_slice_and_flips(slice_file):
         (r, c, flipped): (upsized[r : r + 24, c : c + 24][:, ::-1] if flipped else upsized[r : r + 24, c : c + 24])
         for r in range(7) for c in range(7) for flipped in (False, True)
     }
-    seen_offsets, seen_flips = set(), set()
-    for seed in range(30):
-        transform.set_random_state(seed=seed)
-        out = transform({"image": str(slice_file)})["image"]
-        assert out.shape == (1, 24, 24)
-        matches = [key for key, window in windows.items() if np.allclose(out[0].numpy(), window, atol=1e-5)]
-        assert matches, "every sample must be a (possibly flipped) window of the upsized slice"
-        # The ramp runs along columns, so the column offset and the flip are identifiable.
-        seen_offsets.add(matches[0][1])
-        seen_flips.add(matches[0][2])
-    assert len(seen_offsets) > 3 and seen_flips == {False, True}
+    # The ramp runs along columns, so the column offset and the flip are identifiable.
+    matches = matched_windows(transform, slice_file, windows, seeds=30)
+    assert len({key[1] for key in matches}) > 3 and {key[2] for key in matches} == {False, True}
 
 
 def test_patch_training_crops_patches_of_the_whole_slice_at_its_own_resolution(slice_file):
@@ -60,15 +64,8 @@ def test_patch_training_crops_patches_of_the_whole_slice_at_its_own_resolution(s
     whole = slice_array(0, 0, 0)
     assert whole.shape == (32, 32)
     windows = {(r, c): whole[r : r + 16, c : c + 16] for r in range(17) for c in range(17)}
-    seen_columns = set()
-    for seed in range(20):
-        transform.set_random_state(seed=seed)
-        out = transform({"image": str(slice_file)})["image"]
-        assert out.shape == (1, 16, 16)
-        matches = [key for key, window in windows.items() if np.allclose(out[0].numpy(), window, atol=1e-5)]
-        assert matches, "a patch is a window of the slice at its own resolution, not of a resized copy"
-        seen_columns.add(matches[0][1])
-    assert len(seen_columns) > 3
+    # Each patch is a window of the slice at its own resolution, not of a resized copy.
+    assert len({key[1] for key in matched_windows(transform, slice_file, windows, seeds=20)}) > 3
     # The deterministic twin of a patch training gives whole slices of slice_size.
     out = translation_eval_transforms("image", crop_size=(32, 32))({"image": str(slice_file)})["image"]
     assert out.shape == (1, 32, 32)

@@ -79,10 +79,11 @@ def captured_grids(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("epoch_length, max_samples, expected", [
-    (10, 4, {0: 1, 3: 1, 6: 1, 9: 1}),
+    (10, 4, {1: 1, 3: 1, 6: 1, 8: 1}),
+    (51, 4, {6: 1, 19: 1, 31: 1, 44: 1}),
     (1, 4, {0: 4}),
     (3, 4, {0: 2, 1: 2, 2: 2}),
-    (5, 1, {0: 1}),
+    (5, 1, {2: 1}),
 ])
 def test_grid_iterations_spread_over_the_epoch(epoch_length, max_samples, expected):
     assert grid_iterations(epoch_length, max_samples) == expected
@@ -121,8 +122,9 @@ def test_validation_grid_rows_show_different_subjects_not_the_last_batch(tmp_pat
     grid = grids[0]
     assert grid.shape == (3, 2, 8, 8)
     shown = [round(((grid[r, 0, 0, 0] * 2 - 1) + 0.9) * 4, 3) for r in range(3)]
-    # Iterations 1, 3 and 6 of 6 (first samples): subject 0 slice 0, subject 1 slice 0, subject 2 slice 2.
-    assert shown == [0.0, 1.0, 2.2]
+    # Iterations 2, 4 and 6 of 6 (the middles of three parts; first samples): slice 2 of each subject,
+    # not the first slice (an end of the head) of each.
+    assert shown == [0.2, 1.2, 2.2]
     assert len({int(v) for v in shown}) == 3, "every row must show another subject"
     assert (tmp_path / "translation_epoch=1.png").is_file()
 

@@ -264,7 +264,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     rows = {row.name: row for row in read_rows(BUNDLE)}
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
-                          "windows_level", "windows_k1_level", "windows_level_patches"]
+                          "windows_level", "windows_k1_level", "windows_level_patches",
+                          "windows_level_background_local", "windows_k1_level_background_local"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -281,6 +282,12 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
         "windows_k1_level": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_level_patches": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 4,
                                   "patch_size": 128, "jitter_scale": 1.0},
+        "windows_level_background_local": {"level_window_mm": 5.0, "generator_depth": 3,
+                                           "train#trainer#generator_steps_per_discriminator_step": 4,
+                                           "train#trainer#lambda_background": 10.0},
+        "windows_k1_level_background_local": {"level_window_mm": 5.0, "generator_depth": 3,
+                                              "train#trainer#generator_steps_per_discriminator_step": 1,
+                                              "train#trainer#lambda_background": 10.0},
     }
     assert ConfigParser.load_config_file(str(CONFIGS / "train.json"))["level_window_mm"] is None  # off by default
     for name, row in rows.items():
@@ -293,5 +300,9 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                 assert parser.get_parsed_content("ckpt_dir") == str(BUNDLE / "models" / "ablation" / name)
                 for key, value in expected.get(name, {}).items():
                     assert parser.get_parsed_content(key) == value, (name, key)
+                # log2 of the training patch unless the row sets the depth
+                depth = expected.get(name, {}).get("generator_depth", 7 if name == "windows_level_patches" else 8)
+                for generator in ("network_def", "g_ba_def"):
+                    assert parser.get_parsed_content(generator).network.num_levels == depth, (name, generator)
             if name == "windows_own_spaces" and stage != "training":
                 assert parser.get_parsed_content("dataset_dir").endswith("preprocessed_own_spaces")

@@ -7,7 +7,8 @@ on the trainer base :class:`~modality_translation.engines.gan_trainer.GANTrainer
 is one CycleGAN step:
 
 1. generators: ``fake_B = G_AB(A)``, ``rec_A = G_BA(fake_B)``, ``fake_A = G_BA(B)``, ``rec_B = G_AB(fake_A)``
-   (and ``G_AB(B)``, ``G_BA(A)`` for the identity loss);
+   (and ``G_AB(B)``, ``G_BA(A)`` for the identity loss); with ``cycle_noise_std`` the reconstructions
+   are made from ``fake + noise`` (the discriminators still judge the noiseless ``fake``);
 2. generator loss ``adv(D_B(fake_B)) + adv(D_A(fake_A)) + lambda_cycle * (cycle(rec_A, A) + cycle(rec_B, B))
    + lambda_identity * (identity(G_AB(B), B) + identity(G_BA(A), A))`` (+ ``lambda_background`` times the
    background consistency loss and ``lambda_structure * (structure(A, fake_B) + structure(fake_A, B))``,
@@ -105,6 +106,14 @@ class CycleGANTrainer(GANTrainer):
             input across modalities; default :class:`~modality_translation.losses.MINDStructureLoss`.
         lambda_structure: weight of the structure loss (0: off), both directions: each translation keeps
             its input's edges where it is free to move them (the structure-constrained CycleGAN).
+        cycle_noise_std: standard deviation of the Gaussian noise added to each translation before the
+            other generator reconstructs the input from it, on the network scale of the translation's
+            domain: one value for both, or ``(A, B)`` (noise on ``fake_A`` and on ``fake_B``); 0: off.
+            A CycleGAN can satisfy its cycle loss by hiding the input in low-amplitude patterns of a
+            translation that does not show it (Chu et al. 2017, "CycleGAN, a master of
+            steganography"): the translation then draws what the discriminator expects at that place
+            instead of the input's anatomy. Noise above those patterns' amplitude erases them, so the
+            reconstruction must come from what the translation visibly shows.
         generator_steps_per_discriminator_step: k of the k:1 update ratio (the CT<->MRI study: 4).
         pool_size: history buffer size of each discriminator (50; 0 disables it).
         pool_seed: seed of the buffers' random generators (domain B's buffer uses ``pool_seed + 1``).
@@ -115,7 +124,7 @@ class CycleGANTrainer(GANTrainer):
             ``source_key``, ``target_key``, ``epoch_length``, ``train_handlers``, ``decollate``...
 
     Raises:
-        ValueError: for a k below 1, negative weights, or an unsupported AMP dtype.
+        ValueError: for a k below 1, negative weights or noise, or an unsupported AMP dtype.
         RuntimeError: ``compile_networks`` on CPU without a C++ compiler.
     """
 
@@ -146,6 +155,7 @@ class CycleGANTrainer(GANTrainer):
         background_tolerance: float = 0.02,
         structure_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         lambda_structure: float = 0.0,
+        cycle_noise_std: float | tuple[float, float] = 0.0,
         generator_steps_per_discriminator_step: int = 1,
         pool_size: int = 50,
         pool_seed: int = 0,
@@ -155,6 +165,9 @@ class CycleGANTrainer(GANTrainer):
         if min(lambda_cycle, lambda_identity, lambda_background, lambda_structure) < 0:
             raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}, "
                              f"lambda_background={lambda_background}, lambda_structure={lambda_structure}")
+        noise = (cycle_noise_std, cycle_noise_std) if isinstance(cycle_noise_std, (int, float)) else tuple(cycle_noise_std)
+        if len(noise) != 2 or min(noise) < 0:
+            raise ValueError(f"cycle_noise_std must be one value >= 0 or two (A, B), got {cycle_noise_std}")
         super().__init__(
             device,
             max_epochs,
@@ -176,6 +189,7 @@ class CycleGANTrainer(GANTrainer):
         self.background_tolerance = float(background_tolerance)
         self.structure_loss = structure_loss if structure_loss is not None else MINDStructureLoss()
         self.lambda_structure = float(lambda_structure)
+        self.cycle_noise_std_a, self.cycle_noise_std_b = (float(value) for value in noise)
         self.fuse_generators = not has_batch_norm(g_ab, g_ba) if fuse_batches is None else bool(fuse_batches)
         self.fuse_discriminators = not has_batch_norm(d_a, d_b) if fuse_batches is None else bool(fuse_batches)
 
@@ -210,16 +224,20 @@ class CycleGANTrainer(GANTrainer):
                     # real_A, fake_A (and real_B) in one batch; G_BA then reconstructs A.
                     if use_identity:
                         fake_a, idt_a = self.g_ba(torch.cat([real_b, real_a])).split(real_b.shape[0])
-                        fake_b, rec_b, idt_b = self.g_ab(torch.cat([real_a, fake_a, real_b])).split(real_a.shape[0])
+                        fake_b, rec_b, idt_b = self.g_ab(
+                            torch.cat([real_a, self.with_noise(fake_a, self.cycle_noise_std_a), real_b])
+                        ).split(real_a.shape[0])
                     else:
                         fake_a = self.g_ba(real_b)
-                        fake_b, rec_b = self.g_ab(torch.cat([real_a, fake_a])).split(real_a.shape[0])
+                        fake_b, rec_b = self.g_ab(
+                            torch.cat([real_a, self.with_noise(fake_a, self.cycle_noise_std_a)])
+                        ).split(real_a.shape[0])
                 else:
                     fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
-                    rec_b = self.g_ab(fake_a)
+                    rec_b = self.g_ab(self.with_noise(fake_a, self.cycle_noise_std_a))
                     if use_identity:
                         idt_b, idt_a = self.g_ab(real_b), self.g_ba(real_a)
-                rec_a = self.g_ba(fake_b)
+                rec_a = self.g_ba(self.with_noise(fake_b, self.cycle_noise_std_b))
                 logits_fake_b = self.d_b(fake_b)
                 logits_fake_a = self.d_a(fake_a)
             self.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -248,6 +266,11 @@ class CycleGANTrainer(GANTrainer):
             self.fire_event(IterationEvents.BACKWARD_COMPLETED)
         losses["loss_G"] = loss_g
         return losses, images
+
+    @staticmethod
+    def with_noise(images: torch.Tensor, std: float) -> torch.Tensor:
+        """``images`` plus Gaussian noise of standard deviation ``std`` (the torch generator, checkpointed)."""
+        return images + std * torch.randn_like(images) if std > 0 else images
 
     def background_loss(self, translated: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Mean absolute distance of ``translated`` from the background value where ``source`` is background."""

@@ -46,6 +46,7 @@ from modality_translation.engines.gan_trainer import GANTrainer, frozen, has_bat
 from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss, MINDStructureLoss
 
+BACKGROUND_REGIONS = ("air", "outside")
 IMAGE_KEYS = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 LOSS_KEYS = (
     "loss",
@@ -102,6 +103,11 @@ class CycleGANTrainer(GANTrainer):
         background_value: the network-scale value of the background.
         background_tolerance: how far from ``background_value`` an input pixel may be and count as
             background (0.02 on [-1, 1] is 30 HU in a 3000 HU window).
+        background_region: which background pixels the loss covers: ``"air"``, every one; ``"outside"``,
+            only those outside the head: reached from the image's border along their row or column
+            without crossing a foreground pixel. Inside the head, tissue can be as dark as air in
+            one modality and not in the other (cortical bone is black in T2, white in CT); ``"air"``
+            there pulls the synthetic CT's skull towards air.
         structure_loss: ``loss(image of domain A, image of domain B)`` comparing a translation with its
             input across modalities; default :class:`~modality_translation.losses.MINDStructureLoss`.
         lambda_structure: weight of the structure loss (0: off), both directions: each translation keeps
@@ -124,7 +130,8 @@ class CycleGANTrainer(GANTrainer):
             ``source_key``, ``target_key``, ``epoch_length``, ``train_handlers``, ``decollate``...
 
     Raises:
-        ValueError: for a k below 1, negative weights or noise, or an unsupported AMP dtype.
+        ValueError: for a k below 1, negative weights or noise, an unknown background region, or an
+            unsupported AMP dtype.
         RuntimeError: ``compile_networks`` on CPU without a C++ compiler.
     """
 
@@ -153,6 +160,7 @@ class CycleGANTrainer(GANTrainer):
         lambda_background: float = 0.0,
         background_value: float = -1.0,
         background_tolerance: float = 0.02,
+        background_region: str = "air",
         structure_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         lambda_structure: float = 0.0,
         cycle_noise_std: float | tuple[float, float] = 0.0,
@@ -165,6 +173,8 @@ class CycleGANTrainer(GANTrainer):
         if min(lambda_cycle, lambda_identity, lambda_background, lambda_structure) < 0:
             raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}, "
                              f"lambda_background={lambda_background}, lambda_structure={lambda_structure}")
+        if background_region not in BACKGROUND_REGIONS:
+            raise ValueError(f"background_region must be one of {BACKGROUND_REGIONS}, got {background_region!r}")
         noise = (cycle_noise_std, cycle_noise_std) if isinstance(cycle_noise_std, (int, float)) else tuple(cycle_noise_std)
         if len(noise) != 2 or min(noise) < 0:
             raise ValueError(f"cycle_noise_std must be one value >= 0 or two (A, B), got {cycle_noise_std}")
@@ -187,6 +197,7 @@ class CycleGANTrainer(GANTrainer):
         self.lambda_background = float(lambda_background)
         self.background_value = float(background_value)
         self.background_tolerance = float(background_tolerance)
+        self.background_region = background_region
         self.structure_loss = structure_loss if structure_loss is not None else MINDStructureLoss()
         self.lambda_structure = float(lambda_structure)
         self.cycle_noise_std_a, self.cycle_noise_std_b = (float(value) for value in noise)
@@ -275,6 +286,8 @@ class CycleGANTrainer(GANTrainer):
     def background_loss(self, translated: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Mean absolute distance of ``translated`` from the background value where ``source`` is background."""
         mask = (source.float() <= self.background_value + self.background_tolerance).all(dim=1, keepdim=True)
+        if self.background_region == "outside":
+            mask = outside_foreground(mask)
         error = (translated.float() - self.background_value).abs() * mask
         return error.sum() / (mask.sum() * translated.shape[1]).clamp(min=1)
 
@@ -299,3 +312,26 @@ class CycleGANTrainer(GANTrainer):
         if discriminator_updated:
             values["loss_D"] = values["loss_D_A"] + values["loss_D_B"]
         return values
+
+
+def outside_foreground(background: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``background`` that lie outside the foreground along their row or their column.
+
+    A pixel counts when, along its row or its column, no foreground pixel lies between it and the
+    image's border: the air around a head, not the dark structures within it. (A flood fill from the
+    border would also reach air in concavities; this row-and-column test needs no iteration and
+    keeps everything between two foreground pixels of a line.)
+
+    Args:
+        background: boolean ``(batch, 1, *spatial)`` map of 2D images, true where the image is background.
+
+    Returns:
+        A boolean map of the same shape, a subset of ``background``.
+    """
+    foreground = (~background).to(torch.uint8)
+    outside = torch.zeros_like(background)
+    for dim in (-1, -2):
+        before = foreground.cummax(dim=dim).values == 0
+        after = foreground.flip(dim).cummax(dim=dim).values.flip(dim) == 0
+        outside = outside | before | after
+    return outside & background

@@ -265,12 +265,12 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
                           "windows_level", "windows_k1_level", "windows_level_patches",
-                          "windows_level_noise"]
+                          "windows_level_noise", "windows_level_background"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
                     "train#trainer#lambda_background": 0.0},
-        "windows_background": {"train#trainer#lambda_background": 10.0},
+        "windows_background": {"train#trainer#lambda_background": 10.0, "train#trainer#background_region": "air"},
         "windows_k1": {"train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_l1_cycle": {"cycle_loss_def#l1_weight": 1.0, "cycle_loss_def#ssim_weight": 0.0},
         "windows_background_structure": {"train#trainer#lambda_background": 10.0,
@@ -283,6 +283,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
         "windows_k1_level": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_level_patches": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 4,
                                   "patch_size": 128, "jitter_scale": 1.0},
+        "windows_level_background": {"level_window_mm": 5.0, "train#trainer#lambda_background": 10.0,
+                                     "train#trainer#background_region": "outside"},
         "windows_level_noise": {"level_window_mm": 5.0, "train#trainer#lambda_background": 0.0,
                                 "train#trainer#generator_steps_per_discriminator_step": 4,
                                 "train#trainer#cycle_noise_std": [20.0 * 2.0 / 3000.0, 0.05]},

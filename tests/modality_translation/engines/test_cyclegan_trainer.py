@@ -315,6 +315,54 @@ def test_background_consistency_loss_keeps_the_background_of_the_input():
         make_trainer(lambda_background=-1.0)
 
 
+def test_background_outside_the_head_leaves_its_dark_interior_free():
+    """background_region="outside": a ring of tissue with air-dark pixels inside counts only the air around it."""
+    from modality_translation.engines.cyclegan_trainer import outside_foreground
+
+    source = torch.full((1, 1, 9, 9), -1.0)
+    source[:, :, 2:7, 2:7] = 0.3  # the head
+    source[:, :, 4, 3:6] = -1.0  # a dark structure inside it (cortical bone in T2)
+    translated = torch.full((1, 1, 9, 9), -1.0)
+    translated[:, :, 2:7, 2:7] = 0.5
+    outside = make_trainer(lambda_background=1.0, background_region="outside")
+    everywhere = make_trainer(lambda_background=1.0)
+    # The 3 dark pixels inside the head are translated to 0.5: a loss of 1.5 each for "air" only.
+    assert outside.background_loss(translated, source).item() == pytest.approx(0.0)
+    assert everywhere.background_loss(translated, source).item() == pytest.approx(3 * 1.5 / (81 - 25 + 3))
+    region = outside_foreground(source <= -0.98)
+    assert region.sum().item() == 81 - 25 and not region[0, 0, 4, 3:6].any()
+    with pytest.raises(ValueError, match="background_region"):
+        make_trainer(background_region="inside")
+
+
+def test_cycle_noise_reaches_the_reconstruction_only():
+    """cycle_noise_std perturbs what the other generator reconstructs from, not the translation judged by D."""
+    outputs = {}
+    for noise in (0.0, (0.0, 0.5), (0.5, 0.0)):
+        torch.manual_seed(0)
+        nets = [tiny_generator(), tiny_generator(), tiny_discriminator(), tiny_discriminator()]
+        trainer = CycleGANTrainer(
+            "cpu", 1, unpaired_loader(count=2, batch_size=2, shuffle=False), *nets,
+            torch.optim.SGD([p for n in nets[:2] for p in n.parameters()], lr=0.0),
+            torch.optim.SGD([p for n in nets[2:] for p in n.parameters()], lr=0.0),
+            lambda_identity=0.0, cycle_noise_std=noise, decollate=False,
+        )
+        trainer.run()
+        outputs[noise] = trainer.state.output
+    clean, noisy_b, noisy_a = outputs[0.0], outputs[(0.0, 0.5)], outputs[(0.5, 0.0)]
+    for output in (noisy_b, noisy_a):  # the translations themselves are unchanged
+        torch.testing.assert_close(output["fake_B"], clean["fake_B"])
+        torch.testing.assert_close(output["fake_A"], clean["fake_A"])
+    # Noise on fake_B changes rec_A only; noise on fake_A changes rec_B only.
+    assert not torch.allclose(noisy_b["rec_A"], clean["rec_A"])
+    torch.testing.assert_close(noisy_b["rec_B"], clean["rec_B"])
+    assert not torch.allclose(noisy_a["rec_B"], clean["rec_B"])
+    torch.testing.assert_close(noisy_a["rec_A"], clean["rec_A"])
+    for bad in (-0.1, (0.1, -0.1), (0.1, 0.1, 0.1)):
+        with pytest.raises(ValueError, match="cycle_noise_std"):
+            make_trainer(cycle_noise_std=bad)
+
+
 def test_structure_loss_weighted_into_the_generator_loss_and_logged():
     """lambda_structure adds MIND(real_A, fake_B) + MIND(fake_A, real_B); its gradient reaches the generators."""
     calls = []

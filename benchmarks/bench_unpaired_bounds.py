@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
@@ -52,8 +54,8 @@ DIRECTIONS = (
 BIN_WIDTH = {"ct": 2.0, "mr": 0.01}
 
 
-def pointwise_oracle(source: "np.ndarray", truth: "np.ndarray", mask: "np.ndarray", bin_width: float,
-                     outside: float) -> "np.ndarray":
+def pointwise_oracle(source: np.ndarray, truth: np.ndarray, mask: np.ndarray, bin_width: float,
+                     outside: float) -> np.ndarray:
     """The mean ``truth`` of each ``bin_width`` bin of ``source`` inside ``mask``, as a volume; ``outside`` elsewhere.
 
     Args:
@@ -66,8 +68,6 @@ def pointwise_oracle(source: "np.ndarray", truth: "np.ndarray", mask: "np.ndarra
     Returns:
         The best per-voxel function of ``source`` in the least-squares sense (up to the binning).
     """
-    import numpy as np
-
     bins = np.floor((source[mask] - source[mask].min()) / bin_width).astype(np.int64)
     sums = np.bincount(bins, weights=truth[mask].astype(np.float64))
     counts = np.bincount(bins)
@@ -76,14 +76,12 @@ def pointwise_oracle(source: "np.ndarray", truth: "np.ndarray", mask: "np.ndarra
     return prediction
 
 
-def atlas(items: list[dict], base: Path, key: str, reference) -> "np.ndarray":
+def atlas(items: list[dict], base: Path, key: str, reference) -> np.ndarray:
     """The voxel-wise mean of ``key`` over ``items``, each checked to lie on ``reference``'s grid.
 
     Raises:
         ValueError: a volume on another grid (a cohort not in one common space has no atlas).
     """
-    import numpy as np
-
     from modality_translation.inference.io import read_volume
 
     total = None
@@ -96,7 +94,7 @@ def atlas(items: list[dict], base: Path, key: str, reference) -> "np.ndarray":
     return (total / len(items)).astype(np.float32)
 
 
-def scores(prediction: "np.ndarray", truth: "np.ndarray", mask: "np.ndarray", mapping) -> dict[str, float]:
+def scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, mapping) -> dict[str, float]:
     """The evaluation's figures of ``prediction`` (HU for CT, network scale for MR) against ``truth``."""
     from modality_translation.evaluation.evaluate import mr_metrics
     from modality_translation.metrics import synthrad_metrics
@@ -110,7 +108,6 @@ def scores(prediction: "np.ndarray", truth: "np.ndarray", mask: "np.ndarray", ma
 
 def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, mapping) -> dict[str, dict[str, float]]:
     """Atlas and pointwise-oracle figures of one held-out subject in one direction."""
-    import numpy as np
     from scipy.ndimage import gaussian_filter
 
     from modality_translation.inference.io import read_volume

@@ -265,7 +265,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
                           "windows_level", "windows_k1_level", "windows_level_patches",
-                          "windows_level_noise", "windows_level_background"]
+                          "windows_level_noise"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -283,13 +283,16 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
         "windows_k1_level": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 1},
         "windows_level_patches": {"level_window_mm": 5.0, "train#trainer#generator_steps_per_discriminator_step": 4,
                                   "patch_size": 128, "jitter_scale": 1.0},
-        "windows_level_background": {"level_window_mm": 5.0, "train#trainer#lambda_background": 10.0,
-                                     "train#trainer#background_region": "outside"},
         "windows_level_noise": {"level_window_mm": 5.0, "train#trainer#lambda_background": 0.0,
                                 "train#trainer#generator_steps_per_discriminator_step": 4,
                                 "train#trainer#cycle_noise_std": [20.0 * 2.0 / 3000.0, 0.05]},
     }
-    assert ConfigParser.load_config_file(str(CONFIGS / "train.json"))["level_window_mm"] is None  # off by default
+    defaults = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
+    assert defaults["level_window_mm"] is None  # off by default
+    # The background term, off by default, covers the air outside the head (the measured rows 3, 7, 8 set "air");
+    # no noise in the cycle by default.
+    assert defaults["train"]["trainer"]["background_region"] == "outside"
+    assert (defaults["cycle_noise_hu"], defaults["cycle_noise_mr"]) == (0.0, 0.0)
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):
             overlay = stage_overlay(BUNDLE, stage, row, tmp_path / name)

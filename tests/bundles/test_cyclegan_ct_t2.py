@@ -248,6 +248,25 @@ def test_inference_builds_its_networks_with_the_trainings_ct_windows(demo_datase
     assert isinstance(error, WeightsFileError) and "trained with CT input windows [0, 80], [-20, 180]" in str(error)
 
 
+def test_inference_builds_generators_of_the_recorded_depth(demo_dataset, trained, tmp_path):
+    import math
+    import shutil
+
+    folder, _ = trained
+    record = json.loads((folder / "models" / "training_record.json").read_text())
+    assert record["settings"]["generator_depth"] == int(math.log2(record["settings"]["patch_size"]))
+    models = tmp_path / "models"
+    shutil.copytree(folder / "models", models)
+    record["settings"]["generator_depth"] = 3
+    (models / "training_record.json").write_text(json.dumps(record))
+    inference = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                               bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(models),
+                               output_dir=str(tmp_path / "eval"), **TINY_NETWORKS)
+    inference.initialize()
+    for generator in ("network_def", "g_ba_def"):
+        assert inference.parser.get_parsed_content(generator).network.num_levels == 3, generator
+
+
 def test_a_cohort_windowed_otherwise_than_the_bundle_is_refused_before_training(demo_dataset, vgg19_weights, tmp_path):
     def brain_window(content):
         content["ct_window"] = {"name": "brain", "center": 40.0, "width": 80.0, "out_range": [-1.0, 1.0]}

@@ -1,6 +1,6 @@
-"""Two yardsticks for CT <-> T2 translation on a cohort in one common space: the atlas and the pointwise oracle.
+"""Yardsticks for CT <-> T2 translation on a cohort in one common space: the atlas and two oracles.
 
-An unpaired CT <-> T2 model is scored against the truth of held-out subjects. Two reference
+An unpaired CT <-> T2 model is scored against the truth of held-out subjects. Three reference
 "translations" say what its figures mean, scored with the evaluation's own metrics against the same
 truth, inside the same head masks as ``run evaluate`` of the CycleGAN CT <-> T2 bundle:
 
@@ -15,6 +15,10 @@ truth, inside the same head masks as ``run evaluate`` of the CycleGAN CT <-> T2 
   T2 the CT's intensities carry at all (grey and white matter differ by a few HU in the CT, by a
   third of the T2's range); it is also given for the CT smoothed by a Gaussian of 1 voxel, which
   averages the CT's noise away as a network's neighbourhood can.
+- **tissue oracle** (a ceiling for models that recognise tissues): the mean truth of each tissue
+  class of the demo's truth labels, fitted on the held-out subject's own truth. It is what a perfect
+  segmentation of the input into the demo's tissues, painted with this subject's own contrast, would
+  score; it misses only the texture and partial-volume detail within each tissue.
 
 Directions and keys (the bundle's ``evaluate.json``):
 
@@ -43,10 +47,11 @@ if str(REPOSITORY) not in sys.path:
 
 DEFAULT_OUTPUT = REPOSITORY / "benchmarks" / "results" / "unpaired_bounds.json"
 
-#: (name, input key, atlas key of the training subjects, truth key, mask key or None, target modality).
+#: (name, input key, atlas key of the training subjects, truth key, mask key or None, target modality,
+#: truth labels key in the input's space).
 DIRECTIONS = (
-    ("t2_to_ct", "t2", "ct_hu", "truth_ct_in_t2", "t2_mask", "ct"),
-    ("ct_to_t2", "ct_hu", "t2", "truth_t2_in_ct", None, "t2"),
+    ("t2_to_ct", "t2", "ct_hu", "truth_ct_in_t2", "t2_mask", "ct", "truth_labels_in_t2"),
+    ("ct_to_t2", "ct_hu", "t2", "truth_t2_in_ct", None, "t2", "truth_labels_in_ct"),
 )
 
 #: Width of the input intensity bins of the pointwise oracle: 2 HU for a CT input, 0.01 of the [-1, 1]
@@ -112,7 +117,7 @@ def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, ma
 
     from modality_translation.inference.io import read_volume
 
-    _, input_key, _, truth_key, mask_key, _ = direction
+    _, input_key, _, truth_key, mask_key, _, labels_key = direction
     source = read_volume(base / item[input_key], input_key).array.astype(np.float32)
     truth = read_volume(base / item[truth_key], truth_key).array.astype(np.float32)
     mask = (read_volume(base / item[mask_key], mask_key).array > 0 if mask_key is not None
@@ -125,6 +130,9 @@ def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, ma
             "pointwise_oracle": scores(pointwise_oracle(source, fit_target, mask, bin_width, outside), truth, mask, mapping)}
     rows["pointwise_oracle_smoothed_1_voxel"] = scores(
         pointwise_oracle(gaussian_filter(source, 1.0), fit_target, mask, bin_width, outside), truth, mask, mapping)
+    # Labels are integers: bins of width 1 are the tissue classes.
+    labels = read_volume(base / item[labels_key], labels_key).array.astype(np.float32)
+    rows["tissue_oracle"] = scores(pointwise_oracle(labels, fit_target, mask, 1.0, outside), truth, mask, mapping)
     return rows
 
 
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = {}
     for direction in DIRECTIONS:
-        name, input_key, atlas_key, truth_key, _, modality = direction
+        name, input_key, atlas_key, truth_key, _, modality, _ = direction
         mapping = IntensityMapping.from_preprocessing_config(modality, datalist)
         reference = read_volume(args.dataset / items[0][input_key], input_key)
         atlas_volume = atlas(training, args.dataset, atlas_key, reference)
@@ -164,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "atlas (voxel-wise mean of the training subjects' target volumes in the common space, input "
                      "ignored) and pointwise oracle (per input-intensity bin, the mean of the held-out subject's own "
                      "truth: the best per-voxel intensity mapping; also with the input smoothed by a 1-voxel "
-                     "Gaussian), scored with the evaluation's metrics inside the evaluated head masks",
+                     "Gaussian) and tissue oracle (per truth tissue label, the mean of the held-out subject's own "
+                     "truth: a perfect segmentation painted with the subject's contrast), scored with the evaluation's metrics inside the evaluated head masks",
         "dataset": str(args.dataset), "split": args.split, "training_subjects": len(training),
         "bin_width": {"ct_input_hu": BIN_WIDTH["ct"], "mr_input_network_scale": BIN_WIDTH["mr"]},
         "machine": platform.platform(), "seconds": round(time.perf_counter() - start, 1), "results": results,

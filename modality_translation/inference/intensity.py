@@ -77,6 +77,10 @@ def _read_mapping(path: str | os.PathLike) -> Mapping[str, Any]:
     return data
 
 
+#: HU of air: what a synthetic CT holds where there is no head (the floor of SynthRAD's HU clip).
+CT_AIR_HU = -1024.0
+
+
 def _check_options(options: Mapping[str, Any], known: set[str], what: str) -> dict[str, Any]:
     unknown = sorted(set(options) - known)
     if unknown:
@@ -203,6 +207,26 @@ class IntensityMapping:
     def is_ct(self) -> bool:
         """Whether the modality is CT (Hounsfield units)."""
         return self.modality == "ct"
+
+    @property
+    def air_value(self) -> float:
+        """The air around a head in the units :meth:`from_network` returns: :data:`CT_AIR_HU` for CT, the
+        normalisation's ``outside_value`` for MR (whose outputs stay on the network scale)."""
+        return CT_AIR_HU if self.is_ct else self.background_value
+
+    def input_head_mask(self, volume: np.ndarray) -> np.ndarray:
+        """Head mask of a volume given as :meth:`to_network` takes it.
+
+        A CT on the network scale is mapped back to HU first (the window's floor is air). An MR is
+        masked as it is: Otsu's threshold does not depend on the normalisation's affine scaling.
+
+        Raises:
+            PreprocessingError: no head found, NaN values.
+        """
+        volume = np.asarray(volume, dtype=np.float32)
+        if self.is_ct and self.on_network_scale:
+            volume = self.from_network(volume)
+        return self.compute_head_mask(volume)
 
     @property
     def background_value(self) -> float:

@@ -46,10 +46,6 @@ from preprocessing.artefact_mask import apply_artefact_mask, build_artefact_mask
 
 __all__ = ["ScanTranslator", "select_direction", "translate_scan"]
 
-#: HU of air: the synthetic CT outside the reference's field of view.
-CT_AIR_HU = -1024.0
-
-
 class ScanTranslator:
     """A bundle's generator with what it needs to translate single scans of its source modality.
 
@@ -105,7 +101,7 @@ class ScanTranslator:
         return sitk.Cast(cleaned, sitk.sitkFloat32)
 
     def _background(self, mapping: IntensityMapping) -> float:
-        return CT_AIR_HU if mapping.is_ct else mapping.background_value
+        return mapping.air_value
 
     def output_name(self, scan: Scan) -> str:
         """File-name stem of a scan's outputs: ``<input>_synthetic_<target>``."""

@@ -30,6 +30,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from torch import nn
 
 from medgan_common.errors import GeometryError
+from modality_translation.inference.background import fill_outside_head
 from modality_translation.inference.intensity import IntensityMapping
 from modality_translation.inference.io import GRID_TOLERANCE_MM, check_files_on_grid, read_volume, write_volume_like
 from modality_translation.inference.weights import check_neighbours, read_network_weights, resolve_device
@@ -235,6 +236,12 @@ class VolumeTranslator:
         flip_average: test-time flip averaging: every slice is translated as it is and flipped left-right
             (the training's flip augmentation), and the two translations averaged
             (:func:`translate_stack`); twice the network time.
+        background_outside_head: set the output to the target's air (:attr:`IntensityMapping.air_value`)
+            farther than ``head_margin_mm`` from the input's head
+            (:func:`modality_translation.inference.background.fill_outside_head`): a generator's texture in
+            the air around the head is not written. The head mask is the one given with the volume, else
+            the input's own (:meth:`IntensityMapping.input_head_mask`).
+        head_margin_mm: widening of the head mask before the background is set.
         preprocessing: what the cohort's preprocessing recorded, from which the intensity mappings are
             derived (window, normalisation): its ``dataset.json`` or configuration, a mapping or a file
             path (see :meth:`IntensityMapping.from_preprocessing_config`).
@@ -268,7 +275,13 @@ class VolumeTranslator:
         preprocessing: Mapping[str, Any] | str | os.PathLike | None = None,
         source_intensity: IntensityMapping | Mapping[str, Any] | None = None,
         target_intensity: IntensityMapping | Mapping[str, Any] | None = None,
+        background_outside_head: bool = False,
+        head_margin_mm: float = 3.0,
     ) -> None:
+        if head_margin_mm < 0:
+            raise ValueError(f"head_margin_mm must be >= 0, got {head_margin_mm}")
+        self.background_outside_head = bool(background_outside_head)
+        self.head_margin_mm = float(head_margin_mm)
         self.source = IntensityMapping.resolve(source_modality, source_intensity, preprocessing)
         self.target = IntensityMapping.resolve(target_modality, target_intensity, preprocessing)
         if weights is not None:
@@ -304,14 +317,20 @@ class VolumeTranslator:
             volume: CT in HU or raw MR intensities (or the normalised/windowed volume with the source's
                 ``on_network_scale``).
             spacing: voxel size (x, y, z) in mm.
-            mask: MR head mask used for the normalisation (computed when ``None``).
+            mask: head mask of the input, used by the MR normalisation and by
+                ``background_outside_head`` (computed when ``None`` and needed).
 
         Returns:
             float32 [z, y, x] volume in the target's units (HU for CT, network scale for MR).
         """
+        if mask is None and self.background_outside_head:
+            mask = self.source.input_head_mask(volume)
         network_input = self.source.to_network(volume, mask)
-        output = translate_slices(self.network, network_input, spacing, **self.slice_kwargs)
-        return self.target.from_network(output)
+        output = self.target.from_network(translate_slices(self.network, network_input, spacing, **self.slice_kwargs))
+        if self.background_outside_head:
+            # spacing is (x, y, z); the canonical array's axes are [z, y, x].
+            output = fill_outside_head(output, mask, self.target.air_value, tuple(spacing)[::-1], self.head_margin_mm)
+        return output
 
     def translate_image(self, image: sitk.Image, mask: sitk.Image | None = None) -> sitk.Image:
         """Translate a SimpleITK image; the result has the image's size, spacing, origin and direction.

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from tests.bundles.helpers import (
     absolute_datalist_copy,
     assert_killed_training_resumes_exactly,
     assert_predictions_on_source_grids,
+    cli,
     export_tiny_generator,
     fail_before_training,
     infer,
@@ -111,6 +113,40 @@ def test_inference_writes_synthetic_t2_and_ct_in_hounsfield_units_on_the_input_g
                 assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3 and np.ptp(values) > 10
             else:
                 assert -1.0 <= values.min() and values.max() <= 1.0
+
+
+def test_inference_can_write_air_beyond_the_inputs_head(demo_dataset, trained, inferred, tmp_path):
+    import nibabel as nib
+
+    from modality_translation.inference import IntensityMapping
+    from modality_translation.inference.background import widen_mask
+    from modality_translation.inference.intensity import CT_AIR_HU
+
+    folder, _ = trained
+    output = tmp_path / "eval"
+    run_bundle("run", "inference", "--config_file", "bundles/cyclegan_ct_t2/configs/inference.json",
+               "--dataset_dir", str(demo_dataset), "--ckpt_dir", str(folder / "models"), "--output_dir", str(output),
+               "--background_outside_head", "True", "--head_margin_mm", "4", *cli(TINY_NETWORKS), cwd=REPO_ROOT)
+    items = split_items(demo_dataset)
+    for direction, source, air in (("t2_to_ct", "t2", CT_AIR_HU), ("ct_to_t2", "ct", -1.0)):
+        plain = json.loads((inferred / direction / "predictions.json").read_text())["test"]
+        filled = json.loads((output / direction / "predictions.json").read_text())["test"]
+        for item, before, after in zip(items, plain, filled):
+            image = nib.load(demo_dataset / item[source])
+            # The input's head as the cohort's mappings find it ([z, y, x] is the NIfTI array's transpose).
+            # The translator masks with the training record's options, so only what is far from this head
+            # (beyond 20 mm) must be air and only the head itself must be the generator's.
+            mapping = IntensityMapping.from_preprocessing_config(source, demo_dataset / "dataset.json")
+            volume = image.get_fdata().astype(np.float32).T
+            head = replace(mapping, on_network_scale=True).input_head_mask(volume)
+            zooms = tuple(image.header.get_zooms()[:3])[::-1]
+            far, head = ~widen_mask(head, zooms, 20.0).T, head.T
+            before, after = nib.load(before["pred"]).get_fdata(), nib.load(after["pred"]).get_fdata()
+            written = np.abs(after - air) > 0.5
+            assert far.sum() > 1000 and not written[far].any()
+            np.testing.assert_allclose(after[written], before[written], atol=1e-3)  # filling only ever writes air
+            np.testing.assert_allclose(after[head], before[head], atol=1e-3)
+            assert np.abs(before[far] - air).max() > 1e-2  # the generator alone does not write air there
 
 
 def test_evaluation_gives_mae_in_hu_for_synthetic_ct_and_ssim_for_synthetic_t2(demo_dataset, inferred):

@@ -35,7 +35,7 @@ float16 AMP).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +47,14 @@ from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss, MINDStructureLoss
 
 BACKGROUND_REGIONS = ("air", "outside")
+
+
+def _per_direction(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """One value for both directions, or two; each >= 0."""
+    values = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != 2 or min(values) < 0:
+        raise ValueError(f"{name} must be one value >= 0 or two (one per direction), got {value}")
+    return float(values[0]), float(values[1])
 IMAGE_KEYS = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 LOSS_KEYS = (
     "loss",
@@ -110,8 +118,12 @@ class CycleGANTrainer(GANTrainer):
             there pulls the synthetic CT's skull towards air.
         structure_loss: ``loss(image of domain A, image of domain B)`` comparing a translation with its
             input across modalities; default :class:`~modality_translation.losses.MINDStructureLoss`.
-        lambda_structure: weight of the structure loss (0: off), both directions: each translation keeps
-            its input's edges where it is free to move them (the structure-constrained CycleGAN).
+        lambda_structure: weight of the structure loss (0: off): one value for both directions, or
+            ``(A -> B, B -> A)``: the weight of ``structure(A, fake_B)`` and of ``structure(fake_A, B)``.
+            Each translation keeps its input's edges where it is free to move them (the
+            structure-constrained CycleGAN); one direction alone when only one input shows the edges
+            the other modality draws (a CT's faint grey-white boundary is the synthetic T2's strongest,
+            while a synthetic CT should not draw the T2's).
         cycle_noise_std: standard deviation of the Gaussian noise added to each translation before the
             other generator reconstructs the input from it, on the network scale of the translation's
             domain: one value for both, or ``(A, B)`` (noise on ``fake_A`` and on ``fake_B``); 0: off.
@@ -162,7 +174,7 @@ class CycleGANTrainer(GANTrainer):
         background_tolerance: float = 0.02,
         background_region: str = "air",
         structure_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        lambda_structure: float = 0.0,
+        lambda_structure: float | tuple[float, float] = 0.0,
         cycle_noise_std: float | tuple[float, float] = 0.0,
         generator_steps_per_discriminator_step: int = 1,
         pool_size: int = 50,
@@ -170,14 +182,13 @@ class CycleGANTrainer(GANTrainer):
         fuse_batches: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if min(lambda_cycle, lambda_identity, lambda_background, lambda_structure) < 0:
+        structure_weights = _per_direction(lambda_structure, "lambda_structure")
+        if min(lambda_cycle, lambda_identity, lambda_background) < 0:
             raise ValueError(f"loss weights must be >= 0, got lambda_cycle={lambda_cycle}, lambda_identity={lambda_identity}, "
-                             f"lambda_background={lambda_background}, lambda_structure={lambda_structure}")
+                             f"lambda_background={lambda_background}")
         if background_region not in BACKGROUND_REGIONS:
             raise ValueError(f"background_region must be one of {BACKGROUND_REGIONS}, got {background_region!r}")
-        noise = (cycle_noise_std, cycle_noise_std) if isinstance(cycle_noise_std, (int, float)) else tuple(cycle_noise_std)
-        if len(noise) != 2 or min(noise) < 0:
-            raise ValueError(f"cycle_noise_std must be one value >= 0 or two (A, B), got {cycle_noise_std}")
+        noise = _per_direction(cycle_noise_std, "cycle_noise_std")
         super().__init__(
             device,
             max_epochs,
@@ -199,8 +210,8 @@ class CycleGANTrainer(GANTrainer):
         self.background_tolerance = float(background_tolerance)
         self.background_region = background_region
         self.structure_loss = structure_loss if structure_loss is not None else MINDStructureLoss()
-        self.lambda_structure = float(lambda_structure)
-        self.cycle_noise_std_a, self.cycle_noise_std_b = (float(value) for value in noise)
+        self.lambda_structure_ab, self.lambda_structure_ba = structure_weights
+        self.cycle_noise_std_a, self.cycle_noise_std_b = noise
         self.fuse_generators = not has_batch_norm(g_ab, g_ba) if fuse_batches is None else bool(fuse_batches)
         self.fuse_discriminators = not has_batch_norm(d_a, d_b) if fuse_batches is None else bool(fuse_batches)
 
@@ -268,10 +279,12 @@ class CycleGANTrainer(GANTrainer):
                 background = self.background_loss(fake_b, real_a) + self.background_loss(fake_a, real_b)
                 loss_g = loss_g + self.lambda_background * background
                 losses["loss_background"] = background
-            if self.lambda_structure > 0:
-                structure = self.structure_loss(real_a, fake_b) + self.structure_loss(fake_a, real_b)
-                loss_g = loss_g + self.lambda_structure * structure
-                losses["loss_structure"] = structure
+            # Logged unweighted like the other terms: the sum over the directions that have a weight.
+            terms = [(weight, self.structure_loss(*images)) for weight, images in (
+                (self.lambda_structure_ab, (real_a, fake_b)), (self.lambda_structure_ba, (fake_a, real_b))) if weight > 0]
+            if terms:
+                loss_g = loss_g + sum(weight * term for weight, term in terms)
+                losses["loss_structure"] = sum(term for _, term in terms)
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self.optimizer_step("g_optimizer", loss_g)
             self.fire_event(IterationEvents.BACKWARD_COMPLETED)

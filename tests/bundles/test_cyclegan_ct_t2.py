@@ -320,7 +320,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     assert list(rows) == ["one_window", "windows", "windows_background", "windows_k1", "windows_l1_cycle",
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
                           "windows_level", "windows_k1_level", "windows_level_patches",
-                          "windows_level_noise", "windows_level_structure", "windows_k2_level"]
+                          "windows_level_noise", "windows_level_structure", "windows_k2_level",
+                          "windows_level_structure_ct_to_t2"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -346,6 +347,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                                     "train#trainer#lambda_structure": 5.0},
         "windows_k2_level": {"level_window_mm": 5.0, "train#trainer#lambda_background": 0.0,
                              "train#trainer#generator_steps_per_discriminator_step": 2},
+        "windows_level_structure_ct_to_t2": {"level_window_mm": 5.0, "train#trainer#lambda_structure": [5.0, 0.0],
+                                             "train#trainer#generator_steps_per_discriminator_step": 4},
     }
     defaults = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
     assert defaults["level_window_mm"] is None  # off by default

@@ -383,3 +383,24 @@ def test_structure_loss_weighted_into_the_generator_loss_and_logged():
     assert plain.state.output[0]["loss_structure"] == 0.0
     with pytest.raises(ValueError, match="lambda_structure"):
         make_trainer(lambda_structure=-0.5)
+    with pytest.raises(ValueError, match="lambda_structure"):
+        make_trainer(lambda_structure=(1.0, 1.0, 1.0))
+
+
+def test_structure_loss_of_one_direction_only():
+    """lambda_structure=(w, 0): only MIND(real_A, fake_B), weighted by w; (0, w): only MIND(fake_A, real_B)."""
+    for weights, expected in (((3.0, 0.0), (False, True)), ((0.0, 3.0), (True, False))):
+        calls = []
+
+        def structure(image_a, image_b, calls=calls):
+            calls.append((image_a.requires_grad, image_b.requires_grad))
+            return (image_a - image_b).abs().mean()
+
+        trainer = make_trainer(loader=unpaired_loader(count=2), lambda_structure=weights, lambda_identity=0.0,
+                               structure_loss=structure)
+        trainer.run()
+        assert calls and set(calls) == {expected}, weights
+        output = trainer.state.output[0]
+        assert output["loss_structure"] > 0.0
+        # the generator loss holds the weighted term: 3 times the logged one
+        assert output["loss_G"] >= output["loss_adv_AB"] + output["loss_adv_BA"] + 3.0 * output["loss_structure"] - 1e-5

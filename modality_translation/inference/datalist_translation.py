@@ -128,6 +128,9 @@ def translate_datalist(
     for item in items:  # reads the voxels: after the header checks of every item
         translator.source.check_intensities(read_volume(item[source_key]).array, item[source_key], "volume to translate")
 
+    # predictions.json lists the outputs by absolute path, as it lists the inputs: a relative one would
+    # be read against the dataset's folder by the evaluation, not against the working directory.
+    output_dir = Path(output_dir).resolve()
     transform = TranslateVolumed(source_key, translator, output_dir, output_key, mask_key, subject_key)
     outputs = []
     for item in items:

@@ -26,7 +26,7 @@ from modality_translation.inference import (
     translate_slices,
 )
 from modality_translation.inference.io import check_files_on_grid
-from modality_translation.networks import WeightsFileError
+from modality_translation.networks import ResNetGenerator, WeightsFileError
 from preprocessing.normalization import percentile_normalize
 from preprocessing.windowing import CTWindowd
 
@@ -258,6 +258,18 @@ def test_translate_datalist_from_a_bundle_config(tmp_path):
         np.testing.assert_array_equal(nib.load(output).affine, nib.load(item["t1"]).affine)
         dicom_files = sorted((tmp_path / "predictions" / item["subject"] / "pred_t2_dicom").glob("*.dcm"))
         assert item["pred_t2_dicom"] == str(dicom_files[0].parent) and len(dicom_files) == 32
+
+
+def test_a_relative_output_folder_is_listed_by_absolute_path(tmp_path, monkeypatch):
+    """The evaluation reads relative entries against the dataset's folder: the outputs must not be relative."""
+    datalist = _cohort(tmp_path, n=1)
+    translator = VolumeTranslator(ResNetGenerator(base_channels=4, num_blocks=1), "t1", "t2", slice_size=32, device="cpu")
+    monkeypatch.chdir(tmp_path)
+    items = translate_datalist(translator, datalist, "eval/t1_to_t2", "t1", mask_key="t1_mask")
+    expected = tmp_path / "eval" / "t1_to_t2" / "sub-00" / "pred.nii.gz"
+    assert items[0]["pred"] == str(expected) and expected.is_file()
+    saved = json.loads((tmp_path / "eval" / "t1_to_t2" / "predictions.json").read_text())
+    assert saved["test"][0]["pred"] == str(expected)
 
 
 def test_datalist_errors_before_any_work(tmp_path):

@@ -13,6 +13,7 @@ from monai.bundle import run as run_in_process
 from modality_translation.ablation import read_rows, stage_overlay
 from modality_translation.data.datalist import DatalistError, ModalityMismatchError
 from modality_translation.engines import checkpoint_path
+from modality_translation.inference.intensity import CT_AIR_HU
 from modality_translation.networks import VGG19FeatureExtractor, WeightsFileError
 from tests.bundles.helpers import (
     BUNDLES,
@@ -109,28 +110,29 @@ def test_inference_writes_synthetic_t2_and_ct_in_hounsfield_units_on_the_input_g
     low, high = window["center"] - window["width"] / 2, window["center"] + window["width"] / 2
     for direction, source in (("ct_to_t2", "ct"), ("t2_to_ct", "t2")):
         for values in assert_predictions_on_source_grids(demo_dataset, inferred, direction, source):
-            if direction == "t2_to_ct":  # Hounsfield units, inside the cohort's window
-                assert low - 1e-3 <= values.min() and values.max() <= high + 1e-3 and np.ptp(values) > 10
+            if direction == "t2_to_ct":  # Hounsfield units, inside the cohort's window; air beyond the head
+                head = values > CT_AIR_HU + 0.5
+                assert np.all(values[~head] == CT_AIR_HU) and (~head).any()
+                assert low - 1e-3 <= values[head].min() and values.max() <= high + 1e-3 and np.ptp(values[head]) > 10
             else:
                 assert -1.0 <= values.min() and values.max() <= 1.0
 
 
-def test_inference_can_write_air_beyond_the_inputs_head(demo_dataset, trained, inferred, tmp_path):
+def test_inference_writes_air_beyond_the_inputs_head_unless_told_not_to(demo_dataset, trained, inferred, tmp_path):
     import nibabel as nib
 
     from modality_translation.inference import IntensityMapping
     from modality_translation.inference.background import widen_mask
-    from modality_translation.inference.intensity import CT_AIR_HU
 
     folder, _ = trained
     output = tmp_path / "eval"
     run_bundle("run", "inference", "--config_file", "bundles/cyclegan_ct_t2/configs/inference.json",
                "--dataset_dir", str(demo_dataset), "--ckpt_dir", str(folder / "models"), "--output_dir", str(output),
-               "--background_outside_head", "True", "--head_margin_mm", "4", *cli(TINY_NETWORKS), cwd=REPO_ROOT)
+               "--background_outside_head", "False", *cli(TINY_NETWORKS), cwd=REPO_ROOT)
     items = split_items(demo_dataset)
     for direction, source, air in (("t2_to_ct", "t2", CT_AIR_HU), ("ct_to_t2", "ct", -1.0)):
-        plain = json.loads((inferred / direction / "predictions.json").read_text())["test"]
-        filled = json.loads((output / direction / "predictions.json").read_text())["test"]
+        plain = json.loads((output / direction / "predictions.json").read_text())["test"]
+        filled = json.loads((inferred / direction / "predictions.json").read_text())["test"]  # the default
         for item, before, after in zip(items, plain, filled):
             image = nib.load(demo_dataset / item[source])
             # The input's head as the cohort's mappings find it ([z, y, x] is the NIfTI array's transpose).

@@ -11,8 +11,8 @@ is one CycleGAN step:
    are made from ``fake + noise`` (the discriminators still judge the noiseless ``fake``);
 2. generator loss ``adv(D_B(fake_B)) + adv(D_A(fake_A)) + lambda_cycle * (cycle(rec_A, A) + cycle(rec_B, B))
    + lambda_identity * (identity(G_AB(B), B) + identity(G_BA(A), A))`` (+ ``lambda_background`` times the
-   background consistency loss and ``lambda_structure * (structure(A, fake_B) + structure(fake_A, B))``,
-   both off by default), one Adam step for both generators;
+   background consistency loss and ``lambda_structure`` times ``structure(A, fake_B)`` and
+   ``structure(fake_A, B)``, one weight per direction, both off by default), one Adam step for both generators;
 3. every ``generator_steps_per_discriminator_step``-th iteration (1, k + 1, 2k + 1, ...; the base decides), the
    discriminator loss of each domain on its real images against generated images drawn from an
    :class:`~modality_translation.engines.image_pool.ImagePool`, one Adam step for both discriminators.

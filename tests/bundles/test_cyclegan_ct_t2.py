@@ -190,7 +190,7 @@ def test_model_zoo_training_properties_and_the_studys_settings(demo_dataset, vgg
     assert trainer.g_optimizer.param_groups[0]["lr"] == 1e-4 and trainer.d_optimizer.param_groups[0]["lr"] == 1e-3
     assert trainer.cycle_loss.weights == {"ssim": 1.0, "perceptual": 1.0}
     # The structure term is built (the CT side through the bundle's windows) but off by default.
-    assert trainer.lambda_structure == 0.0 and trainer.lambda_background == 0.0
+    assert (trainer.lambda_structure_ab, trainer.lambda_structure_ba) == (0.0, 0.0) and trainer.lambda_background == 0.0
     assert [w.width for w in trainer.structure_loss.transform_a.windows] == [80.0, 200.0, 3000.0]
     # The perceptual term uses the given weights file.
     loaded = trainer.cycle_loss.terms["perceptual"].extractor.features[0].weight

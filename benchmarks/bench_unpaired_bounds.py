@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                      "ignored) and pointwise oracle (per input-intensity bin, the mean of the held-out subject's own "
                      "truth: the best per-voxel intensity mapping; also with the input smoothed by a 1-voxel "
                      "Gaussian) and tissue oracle (per truth tissue label, the mean of the held-out subject's own "
-                     "truth: a perfect segmentation painted with the subject's contrast), scored with the evaluation's metrics inside the evaluated head masks",
+                     "truth: a perfect segmentation painted with the subject's contrast), scored with the evaluation's "
+                     "metrics inside the evaluated head masks",
         "dataset": str(args.dataset), "split": args.split, "training_subjects": len(training),
         "bin_width": {"ct_input_hu": BIN_WIDTH["ct"], "mr_input_network_scale": BIN_WIDTH["mr"]},
         "machine": platform.platform(), "seconds": round(time.perf_counter() - start, 1), "results": results,

@@ -47,14 +47,6 @@ from modality_translation.engines.image_pool import ImagePool
 from modality_translation.losses import AdversarialLoss, MINDStructureLoss
 
 BACKGROUND_REGIONS = ("air", "outside")
-
-
-def _per_direction(value: float | Sequence[float], name: str) -> tuple[float, float]:
-    """One value for both directions, or two; each >= 0."""
-    values = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(values) != 2 or min(values) < 0:
-        raise ValueError(f"{name} must be one value >= 0 or two (one per direction), got {value}")
-    return float(values[0]), float(values[1])
 IMAGE_KEYS = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 LOSS_KEYS = (
     "loss",
@@ -71,6 +63,14 @@ LOSS_KEYS = (
     "loss_D_B",
     "d_updated",
 )
+
+
+def _per_direction(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """One value for both directions, or two; each >= 0."""
+    values = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != 2 or min(values) < 0:
+        raise ValueError(f"{name} must be one value >= 0 or two (one per direction), got {value}")
+    return float(values[0]), float(values[1])
 
 
 class CycleGANTrainer(GANTrainer):

@@ -3,7 +3,7 @@
 A 2D generator paints whatever it learnt into the air around a head where its input gives it little to
 go on (the lowest and highest slices of a synthetic CT show a texture there that no scanner would
 record). What lies outside the head of the input is air in every modality, so the output is set to the
-target modality's air value there: -1000 HU for a synthetic CT, the normalisation's outside value for a
+target modality's air value there: -1024 HU for a synthetic CT, the normalisation's outside value for a
 synthetic MR. The head mask is widened by a margin first, so that a tight mask of the input (Otsu's
 threshold on an MR misses the faint edge of the scalp) cannot cut into the translated head.
 
@@ -86,7 +86,7 @@ class FillOutsideHead(Transform):
     """Array transform of :func:`fill_outside_head` with a fixed background value and margin.
 
     Args:
-        background: the target modality's air value (e.g. ``-1000.0`` for a synthetic CT in HU).
+        background: the target modality's air value (e.g. ``-1024.0`` for a synthetic CT in HU).
         margin_mm: widening of the head mask before filling.
     """
 

@@ -323,7 +323,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
                           "windows_level", "windows_k1_level", "windows_level_patches",
                           "windows_level_noise", "windows_level_structure", "windows_k2_level",
-                          "windows_level_structure_ct_to_t2"]
+                          "windows_level_structure_ct_to_t2", "windows_level_lowpass_cycle"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -351,6 +351,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                              "train#trainer#generator_steps_per_discriminator_step": 2},
         "windows_level_structure_ct_to_t2": {"level_window_mm": 5.0, "train#trainer#lambda_structure": [5.0, 0.0],
                                              "train#trainer#generator_steps_per_discriminator_step": 4},
+        "windows_level_lowpass_cycle": {"level_window_mm": 5.0, "ct_cycle_smoothing_sigma": 1.0,
+                                        "cycle_loss_ct#smoothing_sigma": 1.0},
     }
     defaults = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
     assert defaults["level_window_mm"] is None  # off by default
@@ -358,6 +360,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     # no noise in the cycle by default.
     assert defaults["train"]["trainer"]["background_region"] == "outside"
     assert (defaults["cycle_noise_hu"], defaults["cycle_noise_mr"]) == (0.0, 0.0)
+    assert defaults["ct_cycle_smoothing_sigma"] == 0.0  # the CT cycle compares the images as they are
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):
             overlay = stage_overlay(BUNDLE, stage, row, tmp_path / name)

@@ -7,7 +7,9 @@ small window is a few tensor operations, written here.
 Each pixel becomes the mean of its neighbours within ``2 * spatial_sigma`` pixels, weighted by
 their distance (Gaussian, ``spatial_sigma``) and by how far their value lies from its own
 (Gaussian, ``range_sigma``): noise within a tissue is averaged away, an edge between two tissues
-whose values differ by several ``range_sigma`` is kept.
+whose values differ by several ``range_sigma`` is kept. The weights are constants to the backward
+pass: gradients flow through the averaging, not through the choice of neighbours, which keeps the
+filter's cost inside a training step small.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def bilateral_filter_2d(image: torch.Tensor, spatial_sigma: float, range_sigma: 
     neighbours = F.unfold(padded, size).reshape(n * c, size * size, h, w)
     offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
     distance2 = (offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2).reshape(1, size * size, 1, 1)
-    weights = torch.exp(-distance2 / (2.0 * spatial_sigma ** 2)
-                        - (neighbours - planes) ** 2 / (2.0 * range_sigma ** 2))
-    filtered = (weights * neighbours).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+    with torch.no_grad():
+        weights = torch.exp(-distance2 / (2.0 * spatial_sigma ** 2)
+                            - (neighbours - planes) ** 2 / (2.0 * range_sigma ** 2))
+        weights = weights / weights.sum(dim=1, keepdim=True)
+    filtered = (weights * neighbours).sum(dim=1, keepdim=True)
     return filtered.reshape(n, c, h, w)

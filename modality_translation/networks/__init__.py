@@ -4,6 +4,7 @@ Every constructor takes plain JSON values, so a MONAI bundle config can build th
 (e.g. ``"_target_": "modality_translation.networks.UNetGenerator"``).
 """
 
+from modality_translation.networks.bilateral import bilateral_filter_2d
 from modality_translation.networks.init import (
     WeightsFileError,
     init_weights,
@@ -62,6 +63,7 @@ __all__ = [
     "WindowedCTNetwork",
     "WeightsFileError",
     "apply_spectral_norm",
+    "bilateral_filter_2d",
     "check_attention",
     "check_spectral_norm",
     "has_spectral_norm",

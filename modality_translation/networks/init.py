@@ -151,6 +151,14 @@ def load_checked_state_dict(
         WeightsFileError: listing missing keys, unexpected keys or shape mismatches.
     """
     expected = module.state_dict()
+    for name, submodule in module.named_modules():
+        # a module's own check of what its buffers record names the problem better than a key list
+        check = getattr(submodule, "check_saved_state", None)
+        if callable(check):
+            try:
+                check(state, f"{name}." if name else "")
+            except ValueError as error:
+                raise WeightsFileError(path, str(error)) from None
     # Batch-norm step counters are not weights, and files saved before PyTorch 0.4.1 (among them
     # torchvision's ImageNet ResNets) do not have them: the network's own counter is kept.
     state = {**{key: value for key, value in expected.items() if key.endswith("num_batches_tracked")}, **state}

@@ -225,9 +225,20 @@ class WindowedCTNetwork(nn.Module):
         y = self.network(x, *args, **kwargs)
         return y if self.blend is None else self.blend(y.float())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        # Weights trained through other windows would be fed (or read out) wrongly: refuse them.
+    def check_saved_state(self, state_dict: dict, prefix: str = "") -> None:
+        """Refuse weights recorded with other CT windows or another input filter than this network's.
+
+        Weights trained through other windows would be fed (or read out) wrongly. Called on loading,
+        and by :func:`~modality_translation.networks.load_checked_state_dict` before it compares keys, so
+        that a filter present on one side only is named as such rather than as an unexpected key.
+
+        Args:
+            state_dict: the saved weights.
+            prefix: this network's key prefix in ``state_dict``.
+
+        Raises:
+            ValueError: naming what the weights were trained with and what the network is built with.
+        """
         own = dict(self.named_buffers(recurse=False))
         saved_denoise, built_denoise = state_dict.get(prefix + "input_denoise"), own.get("input_denoise")
         if (saved_denoise is None) != (built_denoise is None) or (
@@ -244,6 +255,10 @@ class WindowedCTNetwork(nn.Module):
                 raise ValueError(
                     f"the weights were trained with CT {name.replace('_', ' ')} {_describe(saved)} HU, but the network is "
                     f"built with {_describe(buffer)} HU: use the training's CT windows (its training record)")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self.check_saved_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -286,6 +286,34 @@ def test_inference_builds_its_networks_with_the_trainings_ct_windows(demo_datase
     assert isinstance(error, WeightsFileError) and "trained with CT input windows [0, 80], [-20, 180]" in str(error)
 
 
+def test_the_ct_input_filter_is_recorded_by_training_and_applied_by_inference(demo_dataset, tmp_path, monkeypatch):
+    """``--ct_input_denoise [1, 8]``: the CT -> T2 generator reads its CT through the bilateral filter; the training
+    record and the weights carry it, inference builds it from the record, and a network built without it refuses them."""
+    monkeypatch.chdir(tmp_path)
+    workflow = tiny_training_workflow(CONFIGS, demo_dataset, tmp_path, perceptual_weight=0.0,
+                                      vgg19_weights=str(tmp_path / "absent.pth"), ct_input_denoise=[1.0, 8.0],
+                                      **{"train#trainer#max_epochs": 1})
+    assert workflow.trainer.g_ab.channels.denoise == (1.0, 8.0)
+    assert workflow.trainer.d_a.channels.denoise is None  # the CT discriminator sees the CT as it is
+    workflow.run()
+    record = json.loads((tmp_path / "models" / "training_record.json").read_text())
+    assert record["settings"]["ct_input_denoise"] == [1.0, 8.0]
+    assert load_generators(tmp_path / "models")["g_ab"]["input_denoise"].tolist() == [1.0, 8.0]
+    inference = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                               bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                               output_dir=str(tmp_path / "eval"), **TINY_NETWORKS)
+    inference.initialize()
+    assert inference.parser.get_parsed_content("translators#forward").network.channels.denoise == (1.0, 8.0)
+    unfiltered = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), logging_file=False, workflow_type="infer",
+                                bundle_root=str(BUNDLE), dataset_dir=str(demo_dataset), ckpt_dir=str(tmp_path / "models"),
+                                output_dir=str(tmp_path / "eval"), ct_input_denoise=None, **TINY_NETWORKS)
+    unfiltered.initialize()
+    with pytest.raises(Exception) as failure:
+        unfiltered.parser.get_parsed_content("translators#forward")
+    error = root_cause(failure.value)
+    assert isinstance(error, WeightsFileError) and "trained with a bilateral CT input filter (1 px, 8 HU)" in str(error)
+
+
 def test_inference_builds_generators_of_the_recorded_depth(demo_dataset, trained, tmp_path):
     import math
     import shutil
@@ -323,7 +351,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                           "windows_own_spaces", "windows_background_structure", "windows_k1_background_structure",
                           "windows_level", "windows_k1_level", "windows_level_patches",
                           "windows_level_noise", "windows_level_structure", "windows_k2_level",
-                          "windows_level_structure_ct_to_t2", "windows_level_lowpass_cycle"]
+                          "windows_level_structure_ct_to_t2", "windows_level_lowpass_cycle",
+                          "windows_level_denoise"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -353,6 +382,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                                              "train#trainer#generator_steps_per_discriminator_step": 4},
         "windows_level_lowpass_cycle": {"level_window_mm": 5.0, "ct_cycle_smoothing_sigma": 1.0,
                                         "cycle_loss_ct#smoothing_sigma": 1.0},
+        "windows_level_denoise": {"level_window_mm": 5.0, "ct_input_denoise": [1.0, 8.0],
+                                  "network_def#denoise": [1.0, 8.0]},
     }
     defaults = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
     assert defaults["level_window_mm"] is None  # off by default
@@ -361,6 +392,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     assert defaults["train"]["trainer"]["background_region"] == "outside"
     assert (defaults["cycle_noise_hu"], defaults["cycle_noise_mr"]) == (0.0, 0.0)
     assert defaults["ct_cycle_smoothing_sigma"] == 0.0  # the CT cycle compares the images as they are
+    assert defaults["ct_input_denoise"] is None  # the CT -> T2 generator reads the CT as it is
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):
             overlay = stage_overlay(BUNDLE, stage, row, tmp_path / name)

@@ -109,3 +109,45 @@ def test_a_cycle_loss_through_the_windows_sees_brain_contrast_the_wide_window_hi
     wide = ssim(on_scale(flattened), on_scale(brain))
     windowed = TransformedLoss(ssim, CTWindowChannels(WINDOWS, SCALE))(on_scale(flattened), on_scale(brain))
     assert windowed > 0.3 and wide < 0.2 and windowed > 2 * wide
+
+
+def test_the_input_filter_quiets_the_brain_windows_noise_and_keeps_the_csf_edge():
+    torch.manual_seed(0)
+    hu = torch.full((1, 1, 32, 32), 30.0)
+    hu[..., :, 16:] = 8.0  # brain | CSF, 22 HU apart
+    noisy = hu + 3.0 * torch.randn_like(hu)
+    plain = CTWindowChannels(WINDOWS, SCALE)(on_scale(noisy))
+    filtered = CTWindowChannels(WINDOWS, SCALE, denoise=[1.0, 8.0])(on_scale(noisy))
+    clean = CTWindowChannels(WINDOWS, SCALE)(on_scale(hu))
+    brain = (slice(None), 0, slice(4, 28), slice(2, 13))
+    assert filtered[brain].std() < 0.5 * plain[brain].std()
+    # one pixel either side of the edge: still the brain's and the CSF's values (within 2 HU)
+    edge = filtered[0, 0, 4:28, 15:17].mean(dim=0)
+    assert torch.allclose(edge, clean[0, 0, 4:28, 15:17].mean(dim=0), atol=2.0 / 40.0)
+
+
+def test_the_input_filter_is_recorded_with_the_weights_and_checked_on_loading(tmp_path):
+    trained = WindowedCTNetwork(small_unet(3, 1), WINDOWS, SCALE, window_input=True, denoise=[1.0, 8.0])
+    assert trained.state_dict()["input_denoise"].tolist() == [1.0, 8.0]
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    assert trained(x).shape == (1, 1, 16, 16)
+    unfiltered = WindowedCTNetwork(small_unet(3, 1), WINDOWS, SCALE, window_input=True)
+    with pytest.raises(WeightsFileError, match=r"trained with a bilateral CT input filter \(1 px, 8 HU\).*built with no CT"):
+        load_checked_state_dict(unfiltered, trained.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(WeightsFileError, match=r"trained with no CT input filter.*built with a bilateral"):
+        load_checked_state_dict(trained, unfiltered.state_dict(), tmp_path / "model.pt")
+    other = WindowedCTNetwork(small_unet(3, 1), WINDOWS, SCALE, window_input=True, denoise=[1.0, 20.0])
+    with pytest.raises(WeightsFileError, match=r"\(1 px, 8 HU\).*\(1 px, 20 HU\)"):
+        load_checked_state_dict(other, trained.state_dict(), tmp_path / "model.pt")
+    same = WindowedCTNetwork(small_unet(3, 1), WINDOWS, SCALE, window_input=True, denoise=[1.0, 8.0])
+    load_checked_state_dict(same, trained.state_dict(), tmp_path / "model.pt")
+    assert torch.equal(same(x), trained(x))
+
+
+def test_the_input_filter_needs_a_windowed_input_and_two_positive_sigmas():
+    with pytest.raises(ValueError, match="needs window_input"):
+        WindowedCTNetwork(small_unet(1, 3), WINDOWS, SCALE, window_output=True, denoise=[1.0, 8.0])
+    with pytest.raises(ValueError, match="both positive"):
+        CTWindowChannels(WINDOWS, SCALE, denoise=[1.0])
+    with pytest.raises(ValueError, match="both positive"):
+        CTWindowChannels(WINDOWS, SCALE, denoise=[0.0, 8.0])

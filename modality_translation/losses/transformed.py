@@ -19,7 +19,9 @@ class TransformedLoss(nn.Module):
     The optional Gaussian low-pass compares only what lies above the noise scale. A CT's quantum noise
     has no counterpart in an MR image, so a cycle asked to reconstruct it can only succeed by hiding
     the noise in the synthetic MR as faint texture; comparing both images after the low-pass removes
-    that incentive and leaves the anatomy (and its contrast) to be kept.
+    that incentive and leaves the anatomy (and its contrast) to be kept. Measured on the CT <-> T2 demo
+    (that bundle's ablation row 16, ``ct_cycle_smoothing_sigma`` 1), it made both translations worse:
+    off by default.
 
     Args:
         loss: ``loss(input, target)``, e.g. :class:`~modality_translation.losses.CycleConsistencyLoss`.

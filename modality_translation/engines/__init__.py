@@ -37,12 +37,15 @@ from modality_translation.engines.image_pool import ImagePool
 from modality_translation.engines.pix2pix_trainer import PIX2PIX_LAMBDA_L1, Pix2PixTrainer, conditional_pair
 from modality_translation.engines.schedules import LinearDecay, adam_optimizer, linear_decay_scheduler
 from modality_translation.engines.unit_trainer import UNIT_LOSS_WEIGHTS, UNITTrainer
+from modality_translation.engines.weight_average import GeneratorAverage, GeneratorAverageHandler
 
 __all__ = [
     "AtomicDiskSaver",
     "CycleGANTrainer",
     "DEFAULT_ROWS",
     "GANTrainer",
+    "GeneratorAverage",
+    "GeneratorAverageHandler",
     "GlobalRNGState",
     "IMAGE_KEYS",
     "ImagePool",

@@ -314,6 +314,29 @@ def test_the_ct_input_filter_is_recorded_by_training_and_applied_by_inference(de
     assert isinstance(error, WeightsFileError) and "trained with a bilateral CT input filter (1 px, 8 HU)" in str(error)
 
 
+def test_the_generators_weight_average_is_validated_and_exported(demo_dataset, tmp_path, monkeypatch):
+    """``--generator_average_decay 0.9``: validation sees the averaged generators and ``model.pt`` holds them; the
+    training checkpoint keeps the trained weights and the average, so a resumed run averages on."""
+    monkeypatch.chdir(tmp_path)
+    workflow = tiny_training_workflow(CONFIGS, demo_dataset, tmp_path, perceptual_weight=0.0,
+                                      vgg19_weights=str(tmp_path / "absent.pth"), generator_average_decay=0.9,
+                                      **{"train#trainer#max_epochs": 1})
+    average = workflow.parser.get_parsed_content("generator_average")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.generator is average.network("g_ab") is not workflow.trainer.g_ab
+    assert evaluator.reverse_generator is average.network("g_ba")
+    workflow.run()
+    exported = load_generators(tmp_path / "models")
+    checkpoint = torch.load(checkpoint_path(tmp_path / "models", 1), weights_only=True)
+    assert checkpoint["generator_average"]["g_ab"]["n_averaged"].item() == workflow.trainer.state.iteration
+    for name in ("g_ab", "g_ba"):
+        averaged = average.network(name).state_dict()
+        assert set(exported[name]) == set(checkpoint[name])  # the plain network's keys: inference loads it as ever
+        assert all(torch.equal(exported[name][key], averaged[key]) for key in averaged)
+        assert any(not torch.equal(exported[name][key], checkpoint[name][key])
+                   for key in averaged if averaged[key].is_floating_point())
+
+
 def test_inference_builds_generators_of_the_recorded_depth(demo_dataset, trained, tmp_path):
     import math
     import shutil
@@ -352,7 +375,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                           "windows_level", "windows_k1_level", "windows_level_patches",
                           "windows_level_noise", "windows_level_structure", "windows_k2_level",
                           "windows_level_structure_ct_to_t2", "windows_level_lowpass_cycle",
-                          "windows_level_denoise"]
+                          "windows_level_denoise", "windows_level_average"]
     expected = {
         "one_window": {"ct_channels": 1},
         "windows": {"ct_channels": 3, "train#trainer#generator_steps_per_discriminator_step": 4,
@@ -384,6 +407,8 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
                                         "cycle_loss_ct#smoothing_sigma": 1.0},
         "windows_level_denoise": {"level_window_mm": 5.0, "ct_input_denoise": [1.0, 8.0],
                                   "network_def#denoise": [1.0, 8.0]},
+        "windows_level_average": {"level_window_mm": 5.0, "generator_average_decay": 0.999,
+                                  "train#trainer#generator_steps_per_discriminator_step": 4},
     }
     defaults = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
     assert defaults["level_window_mm"] is None  # off by default
@@ -393,6 +418,7 @@ def test_the_ablation_rows_merge_into_every_stage_and_set_what_they_name(tmp_pat
     assert (defaults["cycle_noise_hu"], defaults["cycle_noise_mr"]) == (0.0, 0.0)
     assert defaults["ct_cycle_smoothing_sigma"] == 0.0  # the CT cycle compares the images as they are
     assert defaults["ct_input_denoise"] is None  # the CT -> T2 generator reads the CT as it is
+    assert defaults["generator_average_decay"] == 0.0  # the trained weights are validated and exported
     for name, row in rows.items():
         for stage, config in (("training", "train.json"), ("inference", "inference.json"), ("evaluate", "evaluate.json")):
             overlay = stage_overlay(BUNDLE, stage, row, tmp_path / name)

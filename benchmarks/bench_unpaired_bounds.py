@@ -21,6 +21,10 @@ truth, inside the same head masks as ``run evaluate`` of the CycleGAN CT <-> T2 
   class of the demo's truth labels, fitted on the held-out subject's own truth. It is what a perfect
   segmentation of the input into the demo's tissues, painted with this subject's own contrast, would
   score; it misses only the texture and partial-volume detail within each tissue.
+- **truth at the training slice size** (a ceiling set by the resolution): the held-out subject's own
+  truth put through the inference's slice resampling, down to the network's slice size (128 x 128
+  in the bundle's 30-minute recipe) and back to the volume's grid, with an identity in place of the
+  generator. A model trained and run at that size cannot score above it, however well it translates.
 
 Directions and keys (the bundle's ``evaluate.json``):
 
@@ -29,7 +33,7 @@ Directions and keys (the bundle's ``evaluate.json``):
   computed from the truth; SSIM inside the head (``ssim_masked``), PSNR.
 
     python benchmarks/bench_unpaired_bounds.py --dataset demo_data/full/preprocessed \
-        [--split test] [--output benchmarks/results/unpaired_bounds.json]
+        [--split test] [--slice-size 128] [--output benchmarks/results/unpaired_bounds.json]
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ BILATERAL_CT = (1.0, 10.0)
 #: Width of the input intensity bins of the pointwise oracle: 2 HU for a CT input, 0.01 of the [-1, 1]
 #: scale (0.5 % of it) for a normalised MR input.
 BIN_WIDTH = {"ct": 2.0, "mr": 0.01}
+
+#: The network slice size of the resolution ceiling: the CT <-> T2 bundle's 30-minute recipe's ``image_size``.
+DEFAULT_SLICE_SIZE = 128
 
 
 def pointwise_oracle(source: np.ndarray, truth: np.ndarray, mask: np.ndarray, bin_width: float,
@@ -126,8 +133,16 @@ def bilateral_ct(hu: np.ndarray, spacing) -> np.ndarray:
     return np.transpose(sitk.GetArrayFromImage(filtered), (2, 1, 0)).astype(np.float32)
 
 
-def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, mapping) -> dict[str, dict[str, float]]:
-    """Atlas and pointwise-oracle figures of one held-out subject in one direction."""
+def at_slice_size(volume: np.ndarray, spacing, slice_size: int, pad_value: float) -> np.ndarray:
+    """A canonical network-scale volume through the inference's slice resampling at ``slice_size`` and back."""
+    from modality_translation.inference.translate import translate_slices
+
+    return translate_slices(lambda batch: batch, volume, spacing, slice_size=slice_size, pad_value=pad_value)
+
+
+def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, mapping,
+                      slice_size: int = DEFAULT_SLICE_SIZE) -> dict[str, dict[str, float]]:
+    """Atlas, oracle and resolution-ceiling figures of one held-out subject in one direction."""
     from scipy.ndimage import gaussian_filter
 
     from modality_translation.inference.io import read_volume
@@ -135,7 +150,8 @@ def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, ma
     _, input_key, _, truth_key, mask_key, _, labels_key = direction
     source_volume = read_volume(base / item[input_key], input_key)
     source = source_volume.array.astype(np.float32)
-    truth = read_volume(base / item[truth_key], truth_key).array.astype(np.float32)
+    truth_volume = read_volume(base / item[truth_key], truth_key)
+    truth = truth_volume.array.astype(np.float32)
     mask = (read_volume(base / item[mask_key], mask_key).array > 0 if mask_key is not None
             else mapping.compute_head_mask(truth))
     # The oracle is fitted to what the evaluation compares: HU for CT, the normalised truth for MR.
@@ -153,6 +169,9 @@ def bounds_of_subject(item: dict, base: Path, direction: tuple, atlas_volume, ma
     # Labels are integers: bins of width 1 are the tissue classes.
     labels = read_volume(base / item[labels_key], labels_key).array.astype(np.float32)
     rows["tissue_oracle"] = scores(pointwise_oracle(labels, fit_target, mask, 1.0, outside), truth, mask, mapping)
+    resampled = at_slice_size(mapping.to_network(truth, mask), truth_volume.spacing, slice_size, mapping.background_value)
+    rows["truth_at_slice_size"] = scores(mapping.from_network(resampled) if mapping.is_ct else resampled,
+                                         truth, mask, mapping)
     return rows
 
 
@@ -160,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, type=Path, help="a preprocessed cohort in one common space, with truth")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--slice-size", type=int, default=DEFAULT_SLICE_SIZE,
+                        help="network slice size of the resolution ceiling (truth_at_slice_size)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
 
@@ -178,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         mapping = IntensityMapping.from_preprocessing_config(modality, datalist)
         reference = read_volume(args.dataset / items[0][input_key], input_key)
         atlas_volume = atlas(training, args.dataset, atlas_key, reference)
-        rows = {item["subject"]: bounds_of_subject(item, args.dataset, direction, atlas_volume, mapping) for item in items}
+        rows = {item["subject"]: bounds_of_subject(item, args.dataset, direction, atlas_volume, mapping, args.slice_size)
+                for item in items}
         baselines = next(iter(rows.values())).keys()
         summary = {}
         for baseline in baselines:
@@ -193,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ignored) and pointwise oracle (per input-intensity bin, the mean of the held-out subject's own "
                      "truth: the best per-voxel intensity mapping; also with the input smoothed by a 1-voxel "
                      "Gaussian, and for a CT input after a bilateral filter of 1 mm and 10 HU) and tissue oracle (per truth tissue label, the mean of the held-out subject's own "
-                     "truth: a perfect segmentation painted with the subject's contrast), scored with the evaluation's "
-                     "metrics inside the evaluated head masks",
+                     "truth: a perfect segmentation painted with the subject's contrast) and the truth at the "
+                     "training slice size (the subject's own truth through the inference's slice resampling to "
+                     "the network's size and back), scored with the evaluation's metrics inside the evaluated "
+                     "head masks",
+        "slice_size": args.slice_size,
         "dataset": str(args.dataset), "split": args.split, "training_subjects": len(training),
         "bin_width": {"ct_input_hu": BIN_WIDTH["ct"], "mr_input_network_scale": BIN_WIDTH["mr"]},
         "machine": platform.platform(), "seconds": round(time.perf_counter() - start, 1), "results": results,

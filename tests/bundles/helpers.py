@@ -205,7 +205,9 @@ def export_tiny_generator(configs: Path, models: Path, key: str, exported: Path,
     ``net_id`` is the config id of its network (``"g_ba_def"`` where the two generators differ); ``overrides``
     are more config overrides of ``inference.json`` (e.g. ``{"network_def#direction": "b_to_a"}``).
     """
-    ckpt_export(net_id=net_id, filepath=str(exported), ckpt_file=str(models / "model.pt"),
+    # ckpt_dir: inference.json builds the network from the training record beside the weights, not from one a
+    # training of the repository's own bundle folder (the README's quick start) may have left there.
+    ckpt_export(net_id=net_id, filepath=str(exported), ckpt_file=str(models / "model.pt"), ckpt_dir=str(models),
                 key_in_ckpt=key, meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
                 use_trace=True, input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE], image_size=IMAGE_SIZE,
                 generator_channels=TINY_NETWORKS["generator_channels"], bundle_root=str(configs.parent), **overrides)
